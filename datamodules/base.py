@@ -1,0 +1,92 @@
+"""ShardDataModule: the LightningDataModule every task's datamodule builds on.
+
+A task datamodule says which annotation fields it needs, how a decoded sample becomes tensors
+(for training and for evaluation) and how samples are batched; this base does the rest: the
+synthetic default, index checks, rank-disjoint resampled training streams with a fixed number of
+batches per rank, and evaluation splits that give every rank the same number of batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datamodules.reading import EpochLoader, MemorySplit, ShardStream, collate, plain_batches
+from datamodules.shards import SplitIndex, read_index
+from datamodules.synthetic import ensure_synthetic_faces
+
+
+class ShardDataModule(pl.LightningDataModule):
+    required_fields: tuple[str, ...] = ()
+
+    def __init__(self, data: dict, seed: int = 0):
+        super().__init__()
+        self.data = data
+        self.seed = seed
+        self.root: Path | None = None
+        self.train_index: SplitIndex | None = None
+        self.val_split: MemorySplit | None = None
+        self.rank, self.world = 0, 1
+
+    # -- what a task provides ------------------------------------------------------------------
+    def train_transform(self, sample) -> dict:
+        raise NotImplementedError
+
+    def eval_transform(self, sample) -> dict:
+        raise NotImplementedError
+
+    def batcher(self) -> Callable:
+        return plain_batches(self.data["batch_size"])
+
+    # -- data location -------------------------------------------------------------------------
+    def dataset_root(self) -> Path:
+        if self.data.get("synthetic") is not None:
+            return ensure_synthetic_faces(self.data.get("root"), self.data["synthetic"])
+        return Path(os.path.expanduser(self.data["root"]))
+
+    def prepare_data(self) -> None:
+        self.dataset_root()  # generates the synthetic default once, on local rank 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            self.rank, self.world = self.trainer.global_rank, self.trainer.world_size
+        self.root = self.dataset_root()
+        self.train_index = read_index(self.root / self.data["train_split"])
+        if self.val_split is None:
+            val_index = read_index(self.root / self.data["val_split"])
+            self.val_split = MemorySplit(val_index.urls, self.eval_transform, self.required_fields)
+
+    # -- loaders -------------------------------------------------------------------------------
+    def batches_per_epoch(self) -> int:
+        if self.data.get("batches_per_epoch"):
+            return int(self.data["batches_per_epoch"])
+        return max(1, math.ceil(self.train_index.num_samples / (self.data["batch_size"] * self.world)))
+
+    def _progress(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 0
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+    def train_dataloader(self) -> EpochLoader:
+        stream = ShardStream(self.train_index.urls, self.train_transform, self.batcher(), self.required_fields,
+                             seed=self.seed, shuffle_buffer=self.data["shuffle_buffer"])
+        stream.rank, stream.world = self.rank, self.world
+        return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], progress=self._progress)
+
+    def val_dataloader(self) -> DataLoader:
+        sampler = None
+        if self.world > 1:  # pads by repeating samples: equal batch counts; duplicates share an index
+            sampler = DistributedSampler(self.val_split, self.world, self.rank, shuffle=False)
+        return DataLoader(self.val_split, batch_size=self.data["val_batch_size"], sampler=sampler,
+                          num_workers=min(self.data["num_workers"], 2), collate_fn=collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+

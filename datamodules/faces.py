@@ -1,0 +1,52 @@
+"""Face identity data (embedder, recognizer): face crops with an identity label."""
+from __future__ import annotations
+
+from typing import Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from datamodules.base import ShardDataModule
+from datamodules.reading import DecodedSample, plain_batches
+from datamodules.samplers import PKBatcher
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x 3 -> float C x H x W in about [-1, 1] ((x - 127.5) / 128, the insightface input)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().sub_(127.5).div_(128.0)
+
+
+def identity_augmentation(size: int, augment: dict) -> A.Compose:
+    return A.Compose([
+        A.Resize(size, size, interpolation=cv2.INTER_AREA),
+        A.Affine(scale=(0.92, 1.08), translate_percent=(-0.04, 0.04), rotate=(-8, 8),
+                 border_mode=cv2.BORDER_REFLECT_101, p=augment["affine"]),
+        A.HorizontalFlip(p=augment["hflip"]),
+        A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.03, p=augment["color"]),
+        A.GaussianBlur(blur_limit=(3, 3), p=augment["blur"]),
+    ])
+
+
+class FaceIdentityDataModule(ShardDataModule):
+    required_fields = ("identity",)
+
+    def __init__(self, data: dict, seed: int = 0):
+        super().__init__(data, seed)
+        self.size = data["image_size"]
+        self.augment = identity_augmentation(self.size, data["augment"])
+
+    def train_transform(self, sample: DecodedSample) -> dict:
+        image = self.augment(image=sample.image)["image"]
+        return {"image": to_tensor(image), "label": torch.tensor(sample.annotation["identity"])}
+
+    def eval_transform(self, sample: DecodedSample) -> dict:
+        image = cv2.resize(sample.image, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return {"image": to_tensor(image), "label": torch.tensor(sample.annotation["identity"])}
+
+    def batcher(self) -> Callable:
+        sampler = self.data["sampler"]
+        if sampler["kind"] == "pk":
+            return PKBatcher(sampler["p"], sampler["k"], pool_size=sampler["pool_size"])
+        return plain_batches(self.data["batch_size"])

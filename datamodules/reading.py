@@ -1,0 +1,260 @@
+"""Reading shards: a resampled, rank-disjoint training stream and an in-memory evaluation split.
+
+Training (``ShardStream``): each DDP rank owns a disjoint subset of the shards (shard i goes to rank
+i mod world), each loader worker resamples shards from its rank's subset with a seed derived from
+(seed, epoch, rank, worker), and the loader (``EpochLoader``) cuts the endless stream into a fixed
+number of batches per epoch, so every rank runs the same number of steps.
+
+Bad data never crashes a run and is never silent: each kind of problem is counted in the worker
+that met it, the counts travel to the main process inside the batches (``bad_samples``), and the
+module logs them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from datamodules.schema import IMAGE_EXTENSIONS, SampleError, validate_annotation
+
+log = logging.getLogger(__name__)
+
+BAD_SAMPLE_KINDS = ("undecodable_image", "bad_json", "missing_field", "bad_shape", "empty_shard",
+                    "truncated_shard", "transform_failed")
+
+
+class BadSampleCounter:
+    """Counts skipped samples by kind in one process; ``take()`` returns and clears the counts."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, kind: str, where: str) -> None:
+        self.counts[kind] += 1
+        if kind not in self.examples:
+            self.examples[kind] = where
+            log.warning("skipping bad data (%s): %s", kind, where)
+
+    def shard_error(self, exn: Exception) -> bool:
+        """webdataset error handler: a broken tar stream is counted, the stream goes on."""
+        self.add("truncated_shard", " ".join(str(a) for a in exn.args if isinstance(a, str))[:300])
+        return True
+
+    def take(self) -> torch.Tensor:
+        out = torch.tensor([self.counts.get(k, 0) for k in BAD_SAMPLE_KINDS], dtype=torch.long)
+        self.counts.clear()
+        return out
+
+
+def counts_to_dict(counts: torch.Tensor) -> dict[str, int]:
+    return {kind: int(n) for kind, n in zip(BAD_SAMPLE_KINDS, counts.tolist())}
+
+
+@dataclass
+class DecodedSample:
+    key: str
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    annotation: dict
+
+
+def decode_sample(raw: dict, required: tuple[str, ...]) -> DecodedSample:
+    """Turn a raw webdataset record into an image array and a validated annotation."""
+    key = raw.get("__key__", "?")
+    if "json" not in raw:
+        raise SampleError("missing_field", f"sample {key!r} has no json annotation")
+    try:
+        annotation = json.loads(raw["json"])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SampleError("bad_json", f"sample {key!r}: annotation is not valid JSON ({err})") from None
+    try:
+        validate_annotation(annotation, required)
+    except SampleError as err:
+        raise SampleError(err.kind, f"sample {key!r}: {err}") from None
+    data = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+    if data is None:
+        raise SampleError("missing_field", f"sample {key!r} has no image (jpg or png)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SampleError("undecodable_image", f"sample {key!r}: image bytes cannot be decoded")
+    return DecodedSample(key, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), annotation)
+
+
+def read_shard(url: str, counter: BadSampleCounter) -> Iterator[dict]:
+    """Raw records of one tar shard; an empty or broken shard is counted, not raised."""
+    count = 0
+    for raw in tarfile_samples([{"url": url}], handler=counter.shard_error):
+        count += 1
+        yield raw
+    if count == 0:
+        counter.add("empty_shard", url)
+
+
+def rank_shards(urls: list[str], rank: int, world: int) -> list[str]:
+    """The shards rank ``rank`` reads: a disjoint round-robin slice when there are enough."""
+    if len(urls) < world:
+        log.warning("%d shards for %d ranks: ranks share shards (write more shards for disjoint ranks)",
+                    len(urls), world)
+        return list(urls)
+    return list(urls[rank::world])
+
+
+class ShardStream(IterableDataset):
+    """Endless training stream of one rank: resampled shards -> decode -> transform -> batches.
+
+    ``transform(DecodedSample) -> dict`` makes the task's tensors; ``batcher(Iterator[dict]) ->
+    Iterator[dict]`` groups them (plain or P x K). ``rank``/``world`` are fixed by the datamodule
+    after the process group exists; ``epoch`` is set by the loader before each epoch.
+    """
+
+    def __init__(self, urls: list[str], transform: Callable, batcher: Callable, required: tuple[str, ...],
+                 seed: int = 0, shuffle_buffer: int = 0):
+        super().__init__()
+        self.urls, self.transform, self.batcher = list(urls), transform, batcher
+        self.required, self.seed, self.shuffle_buffer = required, seed, shuffle_buffer
+        self.rank, self.world, self.epoch = 0, 1, 0
+
+    def _rng(self) -> random.Random:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        return random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
+
+    def _samples(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
+        shards = rank_shards(self.urls, self.rank, self.world)
+        while True:
+            for raw in read_shard(rng.choice(shards), counter):
+                try:
+                    sample = self.transform(decode_sample(raw, self.required))
+                except SampleError as err:
+                    counter.add(err.kind, str(err))
+                    continue
+                except Exception as err:  # an augmentation that fails on odd input: skip, count
+                    counter.add("transform_failed", f"sample {raw.get('__key__')!r}: {err!r}")
+                    continue
+                yield sample
+
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer: list[dict] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = self._rng()
+        counter = BadSampleCounter()
+        for batch in self.batcher(self._shuffled(self._samples(rng, counter), rng), rng):
+            batch["bad_samples"] = counter.take()
+            yield batch
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors, keep everything else as lists."""
+    out = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        out[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+def plain_batches(batch_size: int) -> Callable:
+    def batcher(samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        batch = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield collate(batch)
+                batch = []
+    return batcher
+
+
+class EpochLoader:
+    """Cuts a rank's endless ``ShardStream`` into epochs of exactly ``batches_per_epoch`` batches.
+
+    Stateful for Lightning (``state_dict``/``load_state_dict`` are saved in checkpoints): a run
+    resumed mid-epoch replays the same epoch's stream and skips the batches already trained on.
+    ``bad_samples`` accumulates the counts of skipped data over the epoch.
+    """
+
+    def __init__(self, dataset: ShardStream, batches_per_epoch: int, num_workers: int,
+                 progress: Callable[[], tuple[int, int]] | None = None):
+        self.dataset, self.batches_per_epoch, self.num_workers = dataset, batches_per_epoch, num_workers
+        self.progress = progress  # () -> (epoch, batches completed in it), from the trainer
+        self.epoch, self.skip = 0, 0
+        self.bad_samples = torch.zeros(len(BAD_SAMPLE_KINDS), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.progress is not None:
+            self.epoch = self.progress()[0]
+        self.dataset.epoch = self.epoch
+        skip, self.skip = self.skip, 0
+        self.bad_samples.zero_()
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        it = iter(loader)
+        try:
+            for index in range(self.batches_per_epoch):
+                batch = next(it)
+                self.bad_samples += batch["bad_samples"]
+                if index >= skip:
+                    yield batch
+        finally:
+            del it
+
+    def state_dict(self) -> dict:
+        epoch, done = self.progress() if self.progress is not None else (self.epoch, 0)
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.skip = int(state["epoch"]), int(state["batches_done"])
+
+
+class MemorySplit(Dataset):
+    """An evaluation split held in memory as encoded records, decoded on access.
+
+    Bad records are dropped when the split is loaded (counted in ``bad_samples``), so every rank sees
+    the same list and a DistributedSampler can give every rank the same number of batches.
+    """
+
+    def __init__(self, urls: Iterable[str], transform: Callable, required: tuple[str, ...]):
+        self.transform, self.required = transform, required
+        counter = BadSampleCounter()
+        self.records: list[dict] = []
+        for url in urls:
+            for raw in read_shard(url, counter):
+                try:
+                    decode_sample(raw, required)
+                except SampleError as err:
+                    counter.add(err.kind, str(err))
+                    continue
+                self.records.append(raw)
+        self.bad_samples = counter.take()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def decoded(self, index: int) -> DecodedSample:
+        return decode_sample(self.records[index], self.required)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.transform(self.decoded(index))
+        sample["index"] = index
+        return sample

@@ -1,0 +1,108 @@
+"""The batch-hard triplet face embedder (Hermans, Beyer, Leibe 2017, "In Defense of the Triplet Loss").
+
+Reads like the paper's method: a CNN maps a face to an embedding; P x K batches (P identities,
+K images each) feed a triplet loss with online mining (batch hard by default); optionally the
+mining runs over the global batch of all DDP ranks. Evaluation embeds held-out identities
+(image + horizontal flip) and reports verification and retrieval.
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.distributed import all_gather_keep_local_grad, all_gather_no_grad, rank_and_world
+from modules.embedding_eval import EmbeddingEvaluation, evaluate_embeddings
+from modules.guards import stop_if_not_finite
+from modules.losses.triplet import TripletLoss
+from modules.nets.tiny import TinyNet
+from modules.optim import configure_optimizers
+
+
+def build_embedding_net(model: dict, image_size: int) -> nn.Module:
+    if model["backbone"] == "tiny":
+        return TinyNet(image_size, model["width"], model["embedding_size"])
+    from modules.nets import iresnet  # noqa: PLC0415 (GPU-sized backbones)
+
+    build = getattr(iresnet, model["backbone"])
+    return build(num_features=model["embedding_size"], input_size=image_size)
+
+
+class TripletEmbedder(pl.LightningModule):
+    monitor = "val/accuracy"  # the checkpoint metric (higher is better)
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})  # a plain dict: checkpoints must not hold DictConfig
+        self.config = config
+        model = config["model"]
+        self.net = build_embedding_net(model, config["data"]["image_size"])
+        self.loss_fn = TripletLoss(mining=model["mining"], margin=model["margin"], squared=model["squared"])
+        self._val_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.last_evaluation: EmbeddingEvaluation | None = None
+        self.last_eval_labels: torch.Tensor | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        emb = self.net(images)
+        return F.normalize(emb, dim=1) if self.config["model"]["normalize"] else emb
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        embeddings, labels = self(batch["image"]), batch["label"]
+        scale = 1.0
+        if self.config["model"]["cross_rank_mining"]:
+            # every rank computes the loss of the global batch; x world size undoes DDP's averaging
+            embeddings, labels = all_gather_keep_local_grad(embeddings), all_gather_no_grad(labels)
+            scale = float(rank_and_world()[1])
+        loss = self.loss_fn(embeddings, labels)
+        stop_if_not_finite(self, loss)
+        self.log("train/loss", loss, prog_bar=True)
+        for name, value in self.loss_fn.last_stats.items():
+            self.log(f"train/{name}", value)
+        return loss * scale
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def embed_with_flip(self, images: torch.Tensor) -> torch.Tensor:
+        """Sum of the embeddings of the image and its mirror (the insightface protocol)."""
+        return self(images) + self(torch.flip(images, dims=[3]))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._val_parts.append((batch["index"], self.embed_with_flip(batch["image"]), batch["label"]))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _gathered_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's embeddings, padded duplicates removed, in dataset order (identical on all ranks)."""
+        index = torch.cat([p[0] for p in self._val_parts])
+        emb = torch.cat([p[1] for p in self._val_parts]).float()
+        labels = torch.cat([p[2] for p in self._val_parts])
+        self._val_parts.clear()
+        index, emb, labels = all_gather_no_grad(index), all_gather_no_grad(emb), all_gather_no_grad(labels)
+        order = torch.argsort(index, stable=True)
+        index, emb, labels = index[order], emb[order], labels[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        return emb[first], labels[first]
+
+    def _evaluate(self, prefix: str) -> None:
+        if not self._val_parts:
+            return
+        emb, labels = self._gathered_embeddings()
+        evaluation = evaluate_embeddings(emb, labels, self.config["data"]["val_pairs"], seed=self.config["run"]["seed"])
+        self.last_evaluation, self.last_eval_labels = evaluation, labels
+        self.log_dict({f"{prefix}/{k}": float(v) for k, v in evaluation.metrics.items()}, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"index": batch["index"], "embedding": self.embed_with_flip(batch["image"]), "label": batch["label"]}
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.parameters(), self.config["optim"])

@@ -1,0 +1,118 @@
+"""Callbacks every Visage run gets: bad-data reports, pictures, SLURM bookkeeping."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from datamodules.reading import BAD_SAMPLE_KINDS, counts_to_dict
+
+log = logging.getLogger("visage")
+
+
+class BadDataReport(pl.Callback):
+    """Logs, each epoch, how many samples of each kind of bad data every rank skipped (summed)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        split = getattr(trainer.datamodule, "val_split", None)
+        if split is not None and int(split.bad_samples.sum()) and trainer.is_global_zero:
+            log.warning("evaluation split: skipped %s", _nonzero(counts_to_dict(split.bad_samples)))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        loader = trainer.train_dataloader
+        counts = getattr(loader, "bad_samples", None)
+        if counts is None:
+            return
+        total = trainer.strategy.reduce(counts.clone().float(), reduce_op="sum")
+        report = {kind: int(n) for kind, n in zip(BAD_SAMPLE_KINDS, total.tolist())}
+        for kind, n in report.items():
+            pl_module.log(f"data/skipped_{kind}", float(n), rank_zero_only=True, sync_dist=False)
+        if sum(report.values()) and trainer.is_global_zero:
+            log.warning("epoch %d: skipped bad training samples: %s", trainer.current_epoch, _nonzero(report))
+
+
+def _nonzero(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "none"
+
+
+class SlurmBookkeeping(pl.Callback):
+    """Logs the SLURM restart count; removes stale hpc_ckpt_* files once a run has completed.
+
+    Lightning resumes from the newest hpc_ckpt_* in the run directory and never deletes them, so a
+    finished run must clean up or a later run in the same directory would silently resume.
+    """
+
+    def __init__(self, run_dir: Path, restart_count: int):
+        self.run_dir, self.restart_count = Path(run_dir), restart_count
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        pl_module.log("slurm/restart_count", float(self.restart_count), rank_zero_only=True, sync_dist=False)
+        if trainer.is_global_zero and self.restart_count:
+            log.info("SLURM restart %d: resumed at global step %d", self.restart_count, trainer.global_step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.interrupted:
+            for stale in self.run_dir.glob("hpc_ckpt_*.ckpt"):
+                stale.unlink()
+
+
+class Pictures(pl.Callback):
+    """After each validation: a sample grid with ground truth, a retrieval panel and the ROC curve,
+    as PNG files in ``<run>/pictures`` and as dashboard images."""
+
+    def __init__(self, run_dir: Path, samples: int = 16):
+        self.dir = Path(run_dir) / "pictures"
+        self.samples = samples
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        evaluation = getattr(pl_module, "last_evaluation", None)
+        split = getattr(trainer.datamodule, "val_split", None)
+        if not trainer.is_global_zero or evaluation is None or split is None or trainer.sanity_checking:
+            return
+        from modules import pictures  # noqa: PLC0415 (drawing is only needed here)
+
+        step = trainer.global_step
+        images = self._pictures(pictures, evaluation, pl_module.last_eval_labels.cpu().numpy(), split)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, image in images.items():
+            pictures.save_png(self.dir / f"{name}-step{step:06d}.png", image)
+            pictures.save_png(self.dir / f"{name}-latest.png", image)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="pictures", images=list(images.values()), caption=list(images), step=step)
+
+    def _pictures(self, pictures, evaluation, labels: np.ndarray, split) -> dict[str, np.ndarray]:
+        shown = [split.decoded(i) for i in range(min(self.samples, len(split)))]
+        grid = pictures.sample_grid([s.image for s in shown], [s.annotation for s in shown])
+        queries = _one_per_identity(labels, 6)
+        neighbours = evaluation.neighbours[queries, :5]
+        correct = labels[neighbours] == labels[queries][:, None]
+        panel = pictures.retrieval_panel([split.decoded(int(q)).image for q in queries],
+                                         [[split.decoded(int(n)).image for n in row] for row in neighbours],
+                                         neighbours, correct)
+        _, _, is_same = evaluation.pairs
+        from modules.metrics.verification import roc_curve  # noqa: PLC0415
+
+        fpr, tpr, _ = roc_curve(evaluation.distances, is_same)
+        return {"samples": grid, "retrieval": panel, "roc": pictures.roc_plot({"validation": (fpr, tpr)})}
+
+
+def _one_per_identity(labels: np.ndarray, count: int) -> np.ndarray:
+    _, first = np.unique(labels, return_index=True)
+    return np.sort(first)[:count]
+
+
+class ValidationMetricsToDict(pl.Callback):
+    """Keeps the last validation metrics as plain floats (for metrics.json)."""
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                            if k.startswith("val/") and isinstance(v, (torch.Tensor, float, int))}

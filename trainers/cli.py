@@ -1,0 +1,180 @@
+"""The `visage` command: fit | validate | test | predict | data | submit | export."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from trainers.config import ConfigError, load_config
+
+log = logging.getLogger("visage")
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+    warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def _check_cluster(cfg) -> None:
+    """Trainer settings against the SLURM allocation, before anything heavy starts."""
+    from slurm.allocation import check_allocation, ensure_master_addr  # noqa: PLC0415
+
+    check_allocation(cfg.trainer.num_nodes, cfg.trainer.devices)
+    ensure_master_addr()
+
+
+def _finetune_callbacks(cfg) -> list:
+    if not cfg.finetune["freeze"]:
+        return []
+    from trainers.finetune import FreezeUnfreeze  # noqa: PLC0415
+
+    return [FreezeUnfreeze(list(cfg.finetune["freeze"]), cfg.finetune["unfreeze_at_epoch"],
+                           cfg.finetune["lr_factor"])]
+
+
+def _load_finetune_weights(cfg, run) -> None:
+    if not cfg.finetune["from"] or run.resume_from:
+        return
+    from trainers.finetune import load_pretrained  # noqa: PLC0415
+
+    report = load_pretrained(run.module, cfg.finetune["from"], dict(cfg.finetune["prefix_map"]) or None)
+    if run.trainer.is_global_zero:
+        print(report.format(), flush=True)
+        (run.run_dir / "finetune_report.txt").write_text(report.format())
+
+
+def cmd_fit(args) -> int:
+    from trainers.build import build_run, choose_run_dir_and_checkpoint, prepare_run_dir, write_metrics  # noqa: PLC0415
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        from omegaconf import OmegaConf  # noqa: PLC0415
+
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    _check_cluster(cfg)
+    run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
+    prepare_run_dir(cfg, run_dir)
+    run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
+    _load_finetune_weights(cfg, run)
+    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
+    final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    if run.trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
+        path = write_metrics(run, metrics)
+        _print_summary(run, path, metrics)
+    return 0
+
+
+def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "accuracy" in k or "tar@" in k or "rank1" in k)
+    print(f"\nrun directory: {run.run_dir}\nmetrics:       {metrics_path}\n  {shown}\n"
+          f"pictures:      {run.run_dir / 'pictures'}\ncheckpoints:   {run.run_dir / 'checkpoints'}"
+          f" (best: {run.checkpoint.best_model_path or 'none'})\ncsv log:       {run.run_dir / 'csv' / 'metrics.csv'}",
+          flush=True)
+
+
+def cmd_evaluate(args) -> int:
+    """validate | test | predict a checkpoint with a config (the run directory of the checkpoint)."""
+    from trainers.build import build_run, prepare_run_dir  # noqa: PLC0415
+    from trainers.run_dir import resolve_run_dir  # noqa: PLC0415
+
+    cfg = load_config(args.config, args.overrides)
+    _check_cluster(cfg)
+    ckpt = args.ckpt
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise ConfigError(f"--ckpt: checkpoint {ckpt} does not exist")
+    run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id or f"{args.command}")
+    prepare_run_dir(cfg, run_dir)
+    run = build_run(cfg, run_dir)
+    trainer = run.trainer
+    if args.command == "predict":
+        outputs = trainer.predict(run.module, datamodule=run.datamodule, ckpt_path=ckpt)
+        if trainer.is_global_zero:
+            import torch  # noqa: PLC0415
+
+            path = run_dir / "predictions.pt"
+            torch.save(outputs, path)
+            print(f"predictions: {path}")
+        return 0
+    method = trainer.validate if args.command == "validate" else trainer.test
+    results = method(run.module, datamodule=run.datamodule, ckpt_path=ckpt, verbose=False)
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+        path = run_dir / f"{args.command}_metrics.json"
+        path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        print(json.dumps(metrics, indent=1, sort_keys=True))
+        print(f"metrics: {path}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from trainers import data_commands  # noqa: PLC0415
+
+    return data_commands.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visage", description="Train face and human-pose models at cluster scale.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train (and evaluate) from a config")
+    fit.add_argument("config", help="experiment YAML, e.g. configs/embedder/triplet.yaml")
+    fit.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.devices=4")
+    fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    fit.set_defaults(func=cmd_fit)
+
+    for name, text in (("validate", "evaluate on the validation split"), ("test", "evaluate on the test split"),
+                       ("predict", "write embeddings/predictions")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config")
+        p.add_argument("overrides", nargs="*")
+        p.add_argument("--ckpt", help="checkpoint to evaluate (default: the model as the config builds it)")
+        p.set_defaults(func=cmd_evaluate)
+
+    from trainers.data_commands import add_data_parser  # noqa: PLC0415
+
+    add_data_parser(sub)
+    try:
+        from slurm.cli import add_submit_arguments, run_submit  # noqa: PLC0415
+
+        submit = sub.add_parser("submit", help="render and submit a SLURM job for a config")
+        add_submit_arguments(submit)
+        submit.set_defaults(func=run_submit)
+    except ImportError:  # slurm package not installed in this environment
+        pass
+    try:
+        from trainers.export import add_export_parser  # noqa: PLC0415
+
+        add_export_parser(sub)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"visage: config error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # errors with a clear message of their own: no traceback noise
+        from modules.guards import NonFiniteLossError  # noqa: PLC0415
+
+        if isinstance(err, NonFiniteLossError) or type(err).__name__ in ("AllocationError", "ShardIndexError"):
+            print(f"visage: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

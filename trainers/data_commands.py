@@ -1,0 +1,63 @@
+"""`visage data ...`: write, convert and inspect shards."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="write, convert and inspect webdataset shards")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    synth = data_sub.add_parser("synth", help="render synthetic data")
+    synth_sub = synth.add_subparsers(dest="synth_kind", required=True)
+    faces = synth_sub.add_parser("faces", help="synthetic face crops with identities, landmarks, attributes")
+    faces.add_argument("--out", required=True, help="dataset folder (gets train/ and val/ splits)")
+    faces.add_argument("--identities", type=int, default=1000, help="training identities")
+    faces.add_argument("--val-identities", type=int, default=200, help="held-out identities (val split)")
+    faces.add_argument("--per-identity", type=int, default=10)
+    faces.add_argument("--size", type=int, default=112)
+    faces.add_argument("--difficulty", type=float, default=0.5)
+    faces.add_argument("--seed", type=int, default=0)
+    faces.add_argument("--shard-size", type=int, default=1000)
+    faces.set_defaults(func=run)
+
+    inspect = data_sub.add_parser("inspect", help="summarise a split and count bad samples")
+    inspect.add_argument("split", help="a split folder holding index.json")
+    inspect.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from datamodules.synthetic import ensure_synthetic_faces  # noqa: PLC0415
+
+        spec = {"identities": args.identities, "val_identities": args.val_identities,
+                "per_identity": args.per_identity, "size": args.size, "difficulty": args.difficulty,
+                "seed": args.seed, "shard_size": args.shard_size}
+        root = ensure_synthetic_faces(Path(args.out), spec)
+        print(f"wrote {root}/train and {root}/val")
+        return 0
+    if args.data_command == "inspect":
+        return inspect_split(Path(args.split))
+    raise AssertionError(args.data_command)
+
+
+def inspect_split(split: Path) -> int:
+    from datamodules.reading import BadSampleCounter, decode_sample, read_shard  # noqa: PLC0415
+    from datamodules.schema import SampleError  # noqa: PLC0415
+    from datamodules.shards import read_index  # noqa: PLC0415
+
+    index = read_index(split)
+    counter, good = BadSampleCounter(), 0
+    for url in index.urls:
+        for raw in read_shard(url, counter):
+            try:
+                decode_sample(raw, ())
+                good += 1
+            except SampleError as err:
+                counter.add(err.kind, str(err))
+    bad = {k: v for k, v in counter.counts.items() if v}
+    print(f"{split}: {len(index.shards)} shards, {index.num_samples} samples in the index, {good} readable, "
+          f"{index.num_identities} identities, fields: {', '.join(index.fields)}")
+    print(f"bad: {bad or 'none'}")
+    return 0 if not bad else 1
