@@ -58,7 +58,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.train_index = read_index(self.root / self.data["train_split"])
         if self.val_split is None:
             val_index = read_index(self.root / self.data["val_split"])
-            self.val_split = MemorySplit(val_index.urls, self.eval_transform, self.required_fields)
+            self.val_split = MemorySplit(val_index.shards, self.eval_transform, self.required_fields)
 
     # -- loaders -------------------------------------------------------------------------------
     def batches_per_epoch(self) -> int:
@@ -72,7 +72,7 @@ class ShardDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> EpochLoader:
-        stream = ShardStream(self.train_index.urls, self.train_transform, self.batcher(), self.required_fields,
+        stream = ShardStream(list(self.train_index.shards), self.train_transform, self.batcher(), self.required_fields,
                              seed=self.seed, shuffle_buffer=self.data["shuffle_buffer"])
         stream.rank, stream.world = self.rank, self.world
         return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], progress=self._progress)

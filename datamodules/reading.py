@@ -89,23 +89,29 @@ def decode_sample(raw: dict, required: tuple[str, ...]) -> DecodedSample:
     return DecodedSample(key, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), annotation)
 
 
-def read_shard(url: str, counter: BadSampleCounter) -> Iterator[dict]:
-    """Raw records of one tar shard; an empty or broken shard is counted, not raised."""
-    count = 0
+def read_shard(url: str, counter: BadSampleCounter, expected: int | None = None) -> Iterator[dict]:
+    """Raw records of one tar shard; an empty or broken shard is counted, not raised.
+
+    A tar cut at a member boundary reads as a shorter valid archive, so the sample count the index
+    recorded (``expected``) is what reveals it.
+    """
+    count, broken = 0, counter.counts["truncated_shard"]
     for raw in tarfile_samples([{"url": url}], handler=counter.shard_error):
         count += 1
         yield raw
     if count == 0:
         counter.add("empty_shard", url)
+    elif expected is not None and count < expected and counter.counts["truncated_shard"] == broken:
+        counter.add("truncated_shard", f"{url}: {count} of the {expected} samples in the index")
 
 
-def rank_shards(urls: list[str], rank: int, world: int) -> list[str]:
+def rank_shards(shards: list, rank: int, world: int) -> list:
     """The shards rank ``rank`` reads: a disjoint round-robin slice when there are enough."""
-    if len(urls) < world:
+    if len(shards) < world:
         log.warning("%d shards for %d ranks: ranks share shards (write more shards for disjoint ranks)",
-                    len(urls), world)
-        return list(urls)
-    return list(urls[rank::world])
+                    len(shards), world)
+        return list(shards)
+    return list(shards[rank::world])
 
 
 class ShardStream(IterableDataset):
@@ -116,10 +122,10 @@ class ShardStream(IterableDataset):
     after the process group exists; ``epoch`` is set by the loader before each epoch.
     """
 
-    def __init__(self, urls: list[str], transform: Callable, batcher: Callable, required: tuple[str, ...],
-                 seed: int = 0, shuffle_buffer: int = 0):
+    def __init__(self, shards: list[tuple[str, int]], transform: Callable, batcher: Callable,
+                 required: tuple[str, ...], seed: int = 0, shuffle_buffer: int = 0):
         super().__init__()
-        self.urls, self.transform, self.batcher = list(urls), transform, batcher
+        self.shards, self.transform, self.batcher = list(shards), transform, batcher
         self.required, self.seed, self.shuffle_buffer = required, seed, shuffle_buffer
         self.rank, self.world, self.epoch = 0, 1, 0
 
@@ -129,9 +135,10 @@ class ShardStream(IterableDataset):
         return random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
 
     def _samples(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
-        shards = rank_shards(self.urls, self.rank, self.world)
+        shards = rank_shards(self.shards, self.rank, self.world)
         while True:
-            for raw in read_shard(rng.choice(shards), counter):
+            url, expected = rng.choice(shards)
+            for raw in read_shard(url, counter, expected):
                 try:
                     sample = self.transform(decode_sample(raw, self.required))
                 except SampleError as err:
@@ -234,12 +241,12 @@ class MemorySplit(Dataset):
     the same list and a DistributedSampler can give every rank the same number of batches.
     """
 
-    def __init__(self, urls: Iterable[str], transform: Callable, required: tuple[str, ...]):
+    def __init__(self, shards: Iterable[tuple[str, int]], transform: Callable, required: tuple[str, ...]):
         self.transform, self.required = transform, required
         counter = BadSampleCounter()
         self.records: list[dict] = []
-        for url in urls:
-            for raw in read_shard(url, counter):
+        for url, expected in shards:
+            for raw in read_shard(url, counter, expected):
                 try:
                     decode_sample(raw, required)
                 except SampleError as err:
@@ -256,5 +263,5 @@ class MemorySplit(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.transform(self.decoded(index))
-        sample["index"] = index
+        sample["index"] = torch.tensor(index)
         return sample

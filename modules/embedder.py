@@ -58,7 +58,7 @@ class TripletEmbedder(pl.LightningModule):
         loss = self.loss_fn(embeddings, labels)
         stop_if_not_finite(self, loss)
         self.log("train/loss", loss, prog_bar=True)
-        for name, value in self.loss_fn.last_stats.items():
+        for name, value in self.loss_fn.last_stats.as_dict().items():
             self.log(f"train/{name}", value)
         return loss * scale
 

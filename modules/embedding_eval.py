@@ -26,6 +26,6 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, num_pair
     idx_a, idx_b, is_same = make_verification_pairs(lab, num_pairs, seed)
     metrics = verification_report(emb[idx_a], emb[idx_b], is_same, fars=fars)
     retrieval = retrieval_metrics(emb, lab, emb, lab, exclude_self=True)
-    neighbours = retrieval.pop("neighbours")
-    metrics.update(retrieval)
+    neighbours = retrieval["neighbours"]
+    metrics.update({k: float(v) for k, v in retrieval.items() if k in ("rank1", "rank5", "mAP")})
     return EmbeddingEvaluation(metrics, (idx_a, idx_b, is_same), pair_distances(emb[idx_a], emb[idx_b]), neighbours)

@@ -83,7 +83,8 @@ class Pictures(pl.Callback):
             pictures.save_png(self.dir / f"{name}-latest.png", image)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="pictures", images=list(images.values()), caption=list(images), step=step)
+                for name, image in images.items():  # one key each: the pictures differ in size
+                    logger.log_image(key=f"pictures/{name}", images=[image], step=step)
 
     def _pictures(self, pictures, evaluation, labels: np.ndarray, split) -> dict[str, np.ndarray]:
         shown = [split.decoded(i) for i in range(min(self.samples, len(split)))]
@@ -91,14 +92,26 @@ class Pictures(pl.Callback):
         queries = _one_per_identity(labels, 6)
         neighbours = evaluation.neighbours[queries, :5]
         correct = labels[neighbours] == labels[queries][:, None]
-        panel = pictures.retrieval_panel([split.decoded(int(q)).image for q in queries],
-                                         [[split.decoded(int(n)).image for n in row] for row in neighbours],
+        panel = pictures.retrieval_panel([split.decoded(int(q)).image for q in queries], _DecodedImages(split),
                                          neighbours, correct)
         _, _, is_same = evaluation.pairs
         from modules.metrics.verification import roc_curve  # noqa: PLC0415
 
         fpr, tpr, _ = roc_curve(evaluation.distances, is_same)
         return {"samples": grid, "retrieval": panel, "roc": pictures.roc_plot({"validation": (fpr, tpr)})}
+
+
+class _DecodedImages:
+    """Images of a split decoded on access (the panel draws only the few it shows)."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.split.decoded(int(index)).image
 
 
 def _one_per_identity(labels: np.ndarray, count: int) -> np.ndarray:

@@ -49,8 +49,8 @@ def inspect_split(split: Path) -> int:
 
     index = read_index(split)
     counter, good = BadSampleCounter(), 0
-    for url in index.urls:
-        for raw in read_shard(url, counter):
+    for url, expected in index.shards:
+        for raw in read_shard(url, counter, expected):
             try:
                 decode_sample(raw, ())
                 good += 1

@@ -1,0 +1,186 @@
+"""insightface verification sets (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``).
+
+A ``.bin`` file is a pickle of ``(images, is_same)``: ``images`` holds 2N encoded images laid out
+pairwise (pair i is ``images[2i]``, ``images[2i + 1]``), ``is_same`` holds N booleans. The files
+were written by Python 2, so they are read with ``encoding="bytes"``. Unpickling runs code named in
+the file, so the reader only lets through the few classes such a file needs (numpy arrays and
+scalars, byte strings): a file asking for anything else is refused.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from datamodules.shards import read_index
+
+# (module, name) pairs a verification .bin may reference: numpy arrays/scalars and bytes helpers.
+ALLOWED_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytearray"),
+}
+
+
+class VerificationBinError(ValueError):
+    """A .bin file that is not a verification set; the message names the file."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a verification set)")
+        return super().find_class(module, name)
+
+
+def _as_bytes(image, index: int, path: Path) -> bytes:
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 1:
+        return image.tobytes()
+    raise VerificationBinError(f"{path}: image {index} is a {type(image).__name__}, not encoded image bytes")
+
+
+def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
+    """``(images, is_same)``: 2N encoded images (pair i = images 2i and 2i+1) and N booleans."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            content = _RestrictedUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, ImportError, UnicodeDecodeError, struct.error) as err:
+        raise VerificationBinError(f"{path} is not a readable verification pickle ({type(err).__name__}: {err})") from None
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise VerificationBinError(f"{path}: expected a pickled (images, is_same) pair, "
+                                   f"got {type(content).__name__}")
+    images, is_same = content
+    if not isinstance(images, (list, tuple)):
+        raise VerificationBinError(f"{path}: images must be a list, got {type(images).__name__}")
+    try:
+        is_same = np.asarray(is_same)
+    except (TypeError, ValueError) as err:
+        raise VerificationBinError(f"{path}: is_same is not a list of booleans ({err})") from None
+    if is_same.ndim != 1 or not (is_same.dtype == bool or np.isin(is_same, (0, 1)).all()):
+        raise VerificationBinError(f"{path}: is_same must be a flat list of booleans")
+    if len(images) != 2 * len(is_same):
+        raise VerificationBinError(f"{path}: {len(images)} images for {len(is_same)} pairs "
+                                   f"(expected {2 * len(is_same)}: two images per pair)")
+    return [_as_bytes(image, i, path) for i, image in enumerate(images)], is_same.astype(bool)
+
+
+def write_verification_bin(path: str | Path, images: Sequence[bytes], is_same: Sequence[bool]) -> Path:
+    """Write ``(images, is_same)`` in the insightface layout (2 images per pair, pairwise)."""
+    path = Path(path)
+    images = [bytes(image) for image in images]
+    is_same = [bool(value) for value in is_same]
+    if len(images) != 2 * len(is_same):
+        raise ValueError(f"{path}: {len(images)} images for {len(is_same)} pairs (need two per pair)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        pickle.dump((images, is_same), handle, protocol=4)
+    return path
+
+
+# ---------------------------------------------------------------- pairs from a shard split
+
+def _read_split_samples(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
+    """Image bytes and identity of every sample in a shard split, in shard order."""
+    images, identities = [], []
+    for url in read_index(split_dir).urls:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")  # webdataset: the key ends at the first dot
+                key = f"{folder}/{stem}" if folder else stem
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        for key, fields in samples.items():
+            image = fields.get("jpg", fields.get("png"))
+            annotation = json.loads(fields["json"]) if "json" in fields else {}
+            if image is None or "identity" not in annotation:
+                raise ValueError(f"{url}: sample {key!r} lacks an image or an identity")
+            images.append(image)
+            identities.append(int(annotation["identity"]))
+    return images, identities
+
+
+def _choose_pairs(candidates: list[tuple[int, int]], count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    chosen = rng.choice(len(candidates), size=count, replace=False)
+    return [candidates[i] for i in chosen]
+
+
+def _sample_balanced_pairs(identities: Sequence[int], num_pairs: int,
+                           rng: np.random.Generator) -> list[tuple[int, int, bool]]:
+    """``num_pairs / 2`` same-identity and as many different-identity pairs of sample indices, each
+    pair drawn uniformly among all pairs of its kind without repeats; same and different alternate,
+    so that every contiguous fold of the protocol is balanced."""
+    if num_pairs <= 0 or num_pairs % 2:
+        raise ValueError(f"num_pairs must be a positive even number (half same, half different), got {num_pairs}")
+    half = num_pairs // 2
+    by_identity: dict[int, list[int]] = {}
+    for index, identity in enumerate(identities):
+        by_identity.setdefault(identity, []).append(index)
+    sizes = np.array([len(members) for members in by_identity.values()])
+    available_same = int((sizes * (sizes - 1) // 2).sum())
+    available_diff = int((sizes.sum() ** 2 - (sizes ** 2).sum()) // 2)
+    if available_same < half or available_diff < half:
+        raise ValueError(f"the split holds {available_same} same-identity and {available_diff} "
+                         f"different-identity pairs; {half} of each are needed")
+    groups = list(by_identity.values())
+    same_weights = sizes * (sizes - 1) / max(available_same * 2, 1)  # share of the same pairs per identity
+
+    def draw(kind_available: int, enumerate_all, draw_one) -> list[tuple[int, int]]:
+        if kind_available <= 20 * half:  # few candidates: choose among all of them
+            return _choose_pairs(enumerate_all(), half, rng)
+        drawn: dict[tuple[int, int], None] = {}
+        while len(drawn) < half:  # many candidates: rejection sampling of repeats is cheap
+            a, b = draw_one()
+            drawn.setdefault((min(a, b), max(a, b)), None)
+        return list(drawn)
+
+    def all_same():
+        return [(m[i], m[j]) for m in groups for i in range(len(m)) for j in range(i + 1, len(m))]
+
+    def one_same():  # uniform over pairs: an identity weighted by its pair count, then two members
+        members = groups[rng.choice(len(groups), p=same_weights)]
+        a, b = rng.choice(len(members), size=2, replace=False)
+        return members[a], members[b]
+
+    def all_diff():
+        return [(a, b) for a in range(len(identities)) for b in range(a + 1, len(identities))
+                if identities[a] != identities[b]]
+
+    def one_diff():  # uniform over pairs: two samples, rejected when they share an identity
+        while True:
+            a, b = rng.integers(len(identities), size=2)
+            if identities[a] != identities[b]:
+                return int(a), int(b)
+
+    same = draw(available_same, all_same, one_same)
+    different = draw(available_diff, all_diff, one_diff)
+    pairs = []
+    for (sa, sb), (da, db) in zip(same, different):
+        pairs += [(sa, sb, True), (da, db, False)]
+    return pairs
+
+
+def verification_pairs_from_split(split_dir: str | Path, num_pairs: int, seed: int = 0,
+                                  out_path: str | Path | None = None) -> tuple[list[bytes], np.ndarray]:
+    """Balanced verification pairs from the identity labels of a shard split.
+
+    Returns ``(images, is_same)`` in the ``.bin`` layout and writes them to ``out_path`` when given.
+    """
+    images, identities = _read_split_samples(split_dir)
+    pairs = _sample_balanced_pairs(identities, num_pairs, np.random.default_rng(seed))
+    pair_images = [images[index] for a, b, _ in pairs for index in (a, b)]
+    is_same = np.array([same for _, _, same in pairs], dtype=bool)
+    if out_path is not None:
+        write_verification_bin(out_path, pair_images, is_same)
+    return pair_images, is_same

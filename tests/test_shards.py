@@ -1,0 +1,165 @@
+"""Shards: writing and reading back, the index, and every kind of bad data skipped and counted."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from datamodules.reading import (BAD_SAMPLE_KINDS, BadSampleCounter, EpochLoader, MemorySplit, ShardStream,
+                                 counts_to_dict, decode_sample, plain_batches, rank_shards, read_shard)
+from datamodules.schema import SampleError
+from datamodules.shards import ShardIndexError, ShardWriter, encode_image, read_index
+from tests.conftest import identity_image, write_identity_split
+
+
+def test_round_trip_keeps_images_and_annotations(tmp_path):
+    split = write_identity_split(tmp_path, "train", range(5), 3, shard_size=4, image_ext="png")
+    index = read_index(split)
+    assert index.num_samples == 15 and index.num_identities == 5
+    assert sum(n for _, n in index.shards) == 15
+    counter = BadSampleCounter()
+    seen = {}
+    for url in index.urls:
+        for raw in read_shard(url, counter):
+            sample = decode_sample(raw, ("identity",))
+            seen[sample.key] = sample
+    assert len(seen) == 15 and not counter.counts
+    sample = seen["id00003_002"]
+    assert sample.annotation["identity"] == 3 and sample.annotation["width"] == 32
+    np.testing.assert_array_equal(sample.image, identity_image(3, 2))  # PNG: lossless, RGB order kept
+
+
+def test_identity_never_straddles_shards(tmp_path):
+    split = write_identity_split(tmp_path, "train", range(7), lambda i: 2 + i % 3, shard_size=5)
+    owner = {}
+    for url in read_index(split).urls:
+        for raw in read_shard(url, BadSampleCounter()):
+            identity = json.loads(raw["json"])["identity"]
+            assert owner.setdefault(identity, url) == url
+
+
+def test_writer_rejects_keys_with_dots_and_bad_annotations(tmp_path):
+    with ShardWriter(tmp_path, "train") as writer:
+        with pytest.raises(SampleError, match="dots"):
+            writer.write("img.001", identity_image(0, 0), {"identity": 0})
+        with pytest.raises(SampleError, match="sample 'a'.*landmarks"):
+            writer.write("a", identity_image(0, 0), {"identity": 0, "landmarks": [[0, 0]] * 5})
+        with pytest.raises(SampleError, match="identity"):
+            writer.write("b", identity_image(0, 0), {"identity": -3})
+
+
+def test_missing_shard_listed_in_index_is_a_clear_error(tmp_path):
+    split = write_identity_split(tmp_path, "train", range(6), 3, shard_size=5)
+    (split / "shard-000001.tar").unlink()
+    with pytest.raises(ShardIndexError, match="shard-000001.tar"):
+        read_index(split)
+    with pytest.raises(ShardIndexError, match="no index.json"):
+        read_index(tmp_path / "nowhere")
+
+
+def _write_bad_split(root):
+    """A split with one good shard and one sample (or shard) of every kind of bad data."""
+    split = root / "train"
+    split.mkdir(parents=True)
+    good = encode_image(identity_image(1, 0))
+    shards = []
+
+    def shard(name, records):
+        with wds.TarWriter(str(split / name)) as tar:
+            for r in records:
+                tar.write(r)
+        shards.append({"name": name, "samples": len(records)})
+
+    ok = json.dumps({"identity": 1}).encode()
+    shard("shard-000000.tar", [{"__key__": f"good{i}", "jpg": good, "json": ok} for i in range(4)] + [
+        {"__key__": "truncated_jpeg", "jpg": good[: len(good) // 3], "json": ok},
+        {"__key__": "not_an_image", "jpg": b"hello", "json": ok},
+        {"__key__": "bad_json", "jpg": good, "json": b"{identity: "},
+        {"__key__": "no_identity", "jpg": good, "json": json.dumps({"box": [0, 0, 5, 5]}).encode()},
+        {"__key__": "wrong_shape", "jpg": good, "json": json.dumps({"identity": 1, "box": [1, 2]}).encode()},
+        {"__key__": "no_image", "json": ok},
+    ])
+    shard("shard-000001.tar", [])  # empty shard
+    for name in ("shard-000002.tar", "shard-000003.tar"):
+        shard(name, [{"__key__": f"cut{i}", "jpg": good, "json": ok} for i in range(6)])
+    data = (split / "shard-000002.tar").read_bytes()
+    (split / "shard-000002.tar").write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
+    data = (split / "shard-000003.tar").read_bytes()
+    (split / "shard-000003.tar").write_bytes(data[:5 * 1024 * 3])  # cut at a member boundary
+    (split / "index.json").write_text(json.dumps({"schema_version": 1, "split": "train", "num_samples": 20,
+                                                  "shards": shards}))
+    return split
+
+
+def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path):
+    split = _write_bad_split(tmp_path)
+    memory = MemorySplit(read_index(split).shards, lambda s: {"key": s.key}, ("identity",))
+    counts = counts_to_dict(memory.bad_samples)
+    keys = [memory[i]["key"] for i in range(len(memory))]
+    assert keys[:4] == [f"good{i}" for i in range(4)]
+    assert all(k.startswith("cut") for k in keys[4:]) and len(keys) >= 5  # the readable part of the cut tar
+    assert counts["undecodable_image"] == 2          # truncated JPEG + not an image
+    assert counts["bad_json"] == 1
+    assert counts["missing_field"] == 2              # no identity + no image
+    assert counts["bad_shape"] == 1
+    assert counts["empty_shard"] == 1
+    assert counts["truncated_shard"] == 2
+
+
+def test_training_stream_survives_bad_data_and_reports_it(tmp_path):
+    split = _write_bad_split(tmp_path)
+    stream = ShardStream(read_index(split).shards, lambda s: {"key": s.key}, plain_batches(4), ("identity",), seed=1)
+    loader = EpochLoader(stream, batches_per_epoch=6, num_workers=0)
+    batches = list(loader)
+    assert len(batches) == 6
+    assert all(k.startswith(("good", "cut")) for b in batches for k in b["key"])
+    counts = counts_to_dict(loader.bad_samples)
+    assert sum(counts.values()) > 0
+    assert set(k for k, v in counts.items() if v) <= set(BAD_SAMPLE_KINDS)
+
+
+def test_inspect_command_counts_bad_samples(tmp_path, capsys):
+    from trainers.data_commands import inspect_split
+    split = _write_bad_split(tmp_path)
+    assert inspect_split(split) == 1
+    out = capsys.readouterr().out
+    assert "bad_json" in out and "empty_shard" in out
+
+
+def test_rank_shards_are_disjoint_and_cover_everything():
+    urls = [f"s{i}" for i in range(7)]
+    parts = [rank_shards(urls, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == sorted(urls)
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+
+
+def test_stream_is_deterministic_given_seed_and_epoch(identity_dataset):
+    urls = read_index(identity_dataset / "train").shards
+
+    def keys(seed, epoch):
+        stream = ShardStream(urls, lambda s: {"key": s.key}, plain_batches(8), ("identity",), seed=seed,
+                             shuffle_buffer=16)
+        stream.epoch = epoch
+        it = iter(stream)
+        return [k for _ in range(5) for k in next(it)["key"]]
+
+    assert keys(0, 0) == keys(0, 0)
+    assert keys(0, 0) != keys(1, 0)
+    assert keys(0, 0) != keys(0, 1)
+
+
+def test_epoch_loader_resume_skips_consumed_batches(identity_dataset):
+    urls = read_index(identity_dataset / "train").shards
+
+    def loader():
+        stream = ShardStream(urls, lambda s: {"key": s.key}, plain_batches(4), ("identity",), seed=3)
+        return EpochLoader(stream, batches_per_epoch=5, num_workers=0)
+
+    full = [b["key"] for b in loader()]
+    resumed = loader()
+    resumed.load_state_dict({"epoch": 0, "batches_done": 2})
+    assert [b["key"] for b in resumed] == full[2:]
+    random.seed(0)
