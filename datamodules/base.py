@@ -15,7 +15,7 @@ from typing import Callable
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datamodules.reading import EpochLoader, MemorySplit, ShardStream, collate, plain_batches
+from datamodules.reading import EpochLoader, MemorySplit, PlainBatcher, ShardStream, collate
 from datamodules.shards import SplitIndex, read_index
 from datamodules.synthetic import ensure_synthetic_faces
 
@@ -33,14 +33,15 @@ class ShardDataModule(pl.LightningDataModule):
         self.rank, self.world = 0, 1
 
     # -- what a task provides ------------------------------------------------------------------
-    def train_transform(self, sample) -> dict:
+    def train_transform(self) -> Callable:
+        """A picklable callable: DecodedSample -> dict of tensors (loader workers may be spawned)."""
         raise NotImplementedError
 
-    def eval_transform(self, sample) -> dict:
+    def eval_transform(self) -> Callable:
         raise NotImplementedError
 
     def batcher(self) -> Callable:
-        return plain_batches(self.data["batch_size"])
+        return PlainBatcher(self.data["batch_size"])
 
     # -- data location -------------------------------------------------------------------------
     def dataset_root(self) -> Path:
@@ -58,7 +59,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.train_index = read_index(self.root / self.data["train_split"])
         if self.val_split is None:
             val_index = read_index(self.root / self.data["val_split"])
-            self.val_split = MemorySplit(val_index.shards, self.eval_transform, self.required_fields)
+            self.val_split = MemorySplit(val_index.shards, self.eval_transform(), self.required_fields)
 
     # -- loaders -------------------------------------------------------------------------------
     def batches_per_epoch(self) -> int:
@@ -72,7 +73,7 @@ class ShardDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> EpochLoader:
-        stream = ShardStream(list(self.train_index.shards), self.train_transform, self.batcher(), self.required_fields,
+        stream = ShardStream(list(self.train_index.shards), self.train_transform(), self.batcher(), self.required_fields,
                              seed=self.seed, shuffle_buffer=self.data["shuffle_buffer"])
         stream.rank, stream.world = self.rank, self.world
         return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], progress=self._progress)

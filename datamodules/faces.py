@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from datamodules.base import ShardDataModule
-from datamodules.reading import DecodedSample, plain_batches
+from datamodules.reading import DecodedSample, PlainBatcher
 from datamodules.samplers import PKBatcher
 
 
@@ -29,24 +29,32 @@ def identity_augmentation(size: int, augment: dict) -> A.Compose:
     ])
 
 
+class IdentityTransform:
+    """Decoded sample -> {image, label, key}; augmented when ``augment`` is given (picklable for workers)."""
+
+    def __init__(self, size: int, augment: dict | None = None):
+        self.size = size
+        self.augment = identity_augmentation(size, augment) if augment is not None else None
+
+    def __call__(self, sample: DecodedSample) -> dict:
+        if self.augment is not None:
+            image = self.augment(image=sample.image)["image"]
+        else:
+            image = cv2.resize(sample.image, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return {"image": to_tensor(image), "label": torch.tensor(sample.annotation["identity"]), "key": sample.key}
+
+
 class FaceIdentityDataModule(ShardDataModule):
     required_fields = ("identity",)
 
-    def __init__(self, data: dict, seed: int = 0):
-        super().__init__(data, seed)
-        self.size = data["image_size"]
-        self.augment = identity_augmentation(self.size, data["augment"])
+    def train_transform(self) -> Callable:
+        return IdentityTransform(self.data["image_size"], self.data["augment"])
 
-    def train_transform(self, sample: DecodedSample) -> dict:
-        image = self.augment(image=sample.image)["image"]
-        return {"image": to_tensor(image), "label": torch.tensor(sample.annotation["identity"])}
-
-    def eval_transform(self, sample: DecodedSample) -> dict:
-        image = cv2.resize(sample.image, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return {"image": to_tensor(image), "label": torch.tensor(sample.annotation["identity"])}
+    def eval_transform(self) -> Callable:
+        return IdentityTransform(self.data["image_size"])
 
     def batcher(self) -> Callable:
         sampler = self.data["sampler"]
         if sampler["kind"] == "pk":
             return PKBatcher(sampler["p"], sampler["k"], pool_size=sampler["pool_size"])
-        return plain_batches(self.data["batch_size"])
+        return PlainBatcher(self.data["batch_size"])

@@ -179,15 +179,19 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-def plain_batches(batch_size: int) -> Callable:
-    def batcher(samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+class PlainBatcher:
+    """Consecutive samples of the (shuffled) stream, ``batch_size`` at a time."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         batch = []
         for sample in samples:
             batch.append(sample)
-            if len(batch) == batch_size:
+            if len(batch) == self.batch_size:
                 yield collate(batch)
                 batch = []
-    return batcher
 
 
 class EpochLoader:

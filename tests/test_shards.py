@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 
 from datamodules.reading import (BAD_SAMPLE_KINDS, BadSampleCounter, EpochLoader, MemorySplit, ShardStream,
-                                 counts_to_dict, decode_sample, plain_batches, rank_shards, read_shard)
+                                 counts_to_dict, decode_sample, PlainBatcher, rank_shards, read_shard)
 from datamodules.schema import SampleError
 from datamodules.shards import ShardIndexError, ShardWriter, encode_image, read_index
 from tests.conftest import identity_image, write_identity_split
@@ -111,7 +111,7 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path):
 
 def test_training_stream_survives_bad_data_and_reports_it(tmp_path):
     split = _write_bad_split(tmp_path)
-    stream = ShardStream(read_index(split).shards, lambda s: {"key": s.key}, plain_batches(4), ("identity",), seed=1)
+    stream = ShardStream(read_index(split).shards, lambda s: {"key": s.key}, PlainBatcher(4), ("identity",), seed=1)
     loader = EpochLoader(stream, batches_per_epoch=6, num_workers=0)
     batches = list(loader)
     assert len(batches) == 6
@@ -140,7 +140,7 @@ def test_stream_is_deterministic_given_seed_and_epoch(identity_dataset):
     urls = read_index(identity_dataset / "train").shards
 
     def keys(seed, epoch):
-        stream = ShardStream(urls, lambda s: {"key": s.key}, plain_batches(8), ("identity",), seed=seed,
+        stream = ShardStream(urls, lambda s: {"key": s.key}, PlainBatcher(8), ("identity",), seed=seed,
                              shuffle_buffer=16)
         stream.epoch = epoch
         it = iter(stream)
@@ -155,7 +155,7 @@ def test_epoch_loader_resume_skips_consumed_batches(identity_dataset):
     urls = read_index(identity_dataset / "train").shards
 
     def loader():
-        stream = ShardStream(urls, lambda s: {"key": s.key}, plain_batches(4), ("identity",), seed=3)
+        stream = ShardStream(urls, lambda s: {"key": s.key}, PlainBatcher(4), ("identity",), seed=3)
         return EpochLoader(stream, batches_per_epoch=5, num_workers=0)
 
     full = [b["key"] for b in loader()]

@@ -119,12 +119,17 @@ def _rewrite_prefixes(keys: Sequence[str], prefix_map: Mapping[str, str]) -> dic
     return renamed
 
 
+def _first_components(keys: Sequence[str] | set[str]) -> list[str]:
+    return sorted({key.split(".", 1)[0] + "." for key in keys if "." in key})
+
+
 def _guess_prefix_map(file_keys: Sequence[str], model_keys: set[str]) -> dict[str, str]:
-    """Strip one leading component ('model.', 'net.', 'module.') when that matches more model keys
-    than the keys as they are; otherwise no rewriting."""
+    """Strip one leading component of the file's keys ('model.', 'module.'), or add one of the
+    model's ('net.'), whichever matches the most model keys, if that beats the keys as they are."""
+    candidates = ([{first: ""} for first in _first_components(file_keys)]
+                  + [{"": first} for first in _first_components(model_keys)])
     best, best_matches = {}, sum(key in model_keys for key in file_keys)
-    for first in sorted({key.split(".", 1)[0] + "." for key in file_keys if "." in key}):
-        mapping = {first: ""}
+    for mapping in candidates:
         renamed = _rewrite_prefixes(file_keys, mapping)
         matches = sum(renamed[key] in model_keys for key in file_keys)
         if matches > best_matches:
@@ -142,8 +147,9 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike,
     ``allow_unsafe_pickle`` to fall back to full unpickling for a trusted file that needs it).
     ``prefix_map``: rewrites key prefixes from the file's names to the model's, e.g.
     ``{"module.": "", "backbone.": "net.backbone."}`` (longest match first; ``""`` matches every key,
-    so ``{"": "net."}`` adds a prefix). Without one, a single leading component such as ``model.`` is
-    stripped when that matches more of the model's keys (the report says so).
+    so ``{"": "net."}`` adds a prefix). Without one, the keys are used as they are unless stripping
+    one leading component of theirs (``model.``, ``module.``) or adding one of the model's (``net.``)
+    matches more of the model's keys; the report shows the rewriting chosen.
     Keys whose shapes differ are not loaded: the model keeps its initialisation there.
     Raises FileNotFoundError / ValueError naming the file when it is missing or unreadable.
     """
@@ -191,27 +197,42 @@ def resolve_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return module
 
 
+# schedulers whose only per-group state is ``base_lrs`` (and ``lr_lambdas``): a new group can join
+SCHEDULERS_THAT_CAN_GROW = (
+    torch.optim.lr_scheduler.LambdaLR, torch.optim.lr_scheduler.MultiplicativeLR,
+    torch.optim.lr_scheduler.StepLR, torch.optim.lr_scheduler.MultiStepLR,
+    torch.optim.lr_scheduler.ConstantLR, torch.optim.lr_scheduler.LinearLR,
+    torch.optim.lr_scheduler.ExponentialLR, torch.optim.lr_scheduler.PolynomialLR,
+    torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts,
+)
+
+
 class FreezeUnfreeze(BaseFinetuning):
     """Freeze submodules before training, unfreeze them at the start of epoch ``unfreeze_at_epoch``.
 
     ``modules``: dotted attribute paths on the LightningModule (``"backbone"``, ``"net.backbone"``).
     Paths are checked at setup; a wrong one raises AttributeError naming it.
     ``unfreeze_at_epoch``:
-      - N > 0: frozen during epochs 0..N-1; at the start of epoch N they become trainable and join the
-        first optimizer as a new param group with ``lr = lr of its first group * lr_factor``;
+      - N > 0: frozen during epochs 0..N-1; at the start of epoch N they become trainable in a new
+        param group of the first optimizer (see the learning rate below);
       - 0: never frozen during a training step: unfrozen at the start of epoch 0, so they train from
-        the first step, in their own param group at ``lr * lr_factor`` (a differential learning rate);
+        the first step, in their own param group (a differential learning rate);
       - None: never unfrozen (frozen for the whole run, e.g. a linear probe).
+    ``lr_factor``: the new group's learning rate is the first group's times ``lr_factor``: its current
+    ``lr`` and its ``initial_lr``; the optimizer's learning-rate schedulers are extended to the new
+    group, so it follows the same schedule scaled by ``lr_factor``. Supported schedulers:
+    ``SCHEDULERS_THAT_CAN_GROW`` (LambdaLR, CosineAnnealingLR, StepLR, ...); another one attached to
+    that optimizer (OneCycleLR, CyclicLR, ReduceLROnPlateau, SequentialLR, ...) is an error at fit
+    start (torch would fail at its first step after the group was added).
     ``train_bn``: if False (default) BatchNorm layers inside are frozen too, the way Lightning's
     ``BaseFinetuning.freeze`` does it: affine parameters fixed and ``track_running_stats=False``, so
     in training mode they normalise with batch statistics and leave the running ones untouched;
-    if True they keep training throughout (at the optimizer's base learning rate).
+    if True they keep training before epoch N (in whatever group configure_optimizers put them).
 
-    The LightningModule's ``configure_optimizers`` must pass only ``requires_grad`` parameters (e.g.
-    ``filter(lambda p: p.requires_grad, self.parameters())``): it runs after the freeze. A learning-
-    rate scheduler created there does not know the new group (schedulers that scale ``group['lr']``,
-    such as StepLR, do scale it; ones computing from ``base_lrs``, such as LambdaLR, leave it at its
-    initial value). On resume from a checkpoint the group is restored by Lightning.
+    ``configure_optimizers`` may pass all parameters or only the ``requires_grad`` ones (it runs after
+    the freeze): frozen parameters have no gradient, so optimizers skip them, and at epoch N the
+    modules' parameters are taken out of any group they share with other parameters and put in the
+    new group. On resume from a checkpoint Lightning restores the groups and nothing is added twice.
     """
 
     def __init__(self, modules: str | Sequence[str], unfreeze_at_epoch: int | None = 1,
@@ -235,21 +256,61 @@ class FreezeUnfreeze(BaseFinetuning):
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         self.freeze(self._modules(pl_module), train_bn=self.train_bn)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)  # restores the groups when resuming
+        if self.unfreeze_at_epoch is None or not trainer.optimizers:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if (config.scheduler.optimizer is trainer.optimizers[0]
+                    and not isinstance(config.scheduler, SCHEDULERS_THAT_CAN_GROW)):
+                raise ValueError(
+                    f"FreezeUnfreeze cannot add a param group under {type(config.scheduler).__name__}"
+                    f" (it keeps per-group settings of its own); use one of "
+                    f"{[cls.__name__ for cls in SCHEDULERS_THAT_CAN_GROW]}")
+
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int,
                           optimizer: torch.optim.Optimizer) -> None:
-        if self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch:
+        trainer = pl_module.trainer
+        if (self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch
+                or optimizer is not trainer.optimizers[0]):
             return
         modules = self._modules(pl_module)
-        return self.unfreeze_and_add_param_group(modules, optimizer, lr=optimizer.param_groups[0]["lr"] * self.lr_factor)
+        self.make_trainable(modules)
         # identity, not value, decides membership (Lightning's filter_on_optimizer compares values,
         # so two zero-initialised biases would look like the same parameter)
-        in_an_optimizer = {id(p) for opt in pl_module.trainer.optimizers
-                           for group in opt.param_groups for p in group["params"]}
-        params, seen = [], set()
+        ours: dict[int, torch.nn.Parameter] = {}
         for param in self.filter_params(modules, train_bn=True, requires_grad=True):
-            if id(param) not in in_an_optimizer and id(param) not in seen:
-                params.append(param)
-                seen.add(id(param))
+            ours.setdefault(id(param), param)
+        placed = set()
+        for index, opt in enumerate(trainer.optimizers):
+            for group in opt.param_groups:
+                ids = [id(p) for p in group["params"]]
+                if ids and all(i in ours for i in ids):  # a group of their own: added earlier
+                    placed.update(ids)
+                elif any(i in ours for i in ids):  # shared with other parameters: take them out
+                    group["params"] = [p for p in group["params"] if id(p) not in ours]
+                    self._internal_optimizer_metadata.pop(index, None)  # re-recorded after this hook
+        params = [param for key, param in ours.items() if key not in placed]
         if params:
-            lr = optimizer.param_groups[0]["lr"] * self.lr_factor
-            optimizer.add_param_group({"params": params, "lr": lr})
+            first = optimizer.param_groups[0]
+            optimizer.add_param_group({
+                "params": params,
+                "lr": first["lr"] * self.lr_factor,
+                "initial_lr": first.get("initial_lr", first["lr"]) * self.lr_factor,
+            })
+        self._extend_schedulers(trainer, optimizer)
+
+    @staticmethod
+    def _extend_schedulers(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """Give the optimizer's schedulers an entry per param group (new groups, or after resume)."""
+        groups = optimizer.param_groups
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if scheduler.optimizer is not optimizer:
+                continue
+            while len(scheduler.base_lrs) < len(groups):
+                group = groups[len(scheduler.base_lrs)]
+                scheduler.base_lrs.append(group.get("initial_lr", group["lr"]))
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            while lambdas is not None and len(lambdas) < len(groups):
+                lambdas.append(lambdas[0])

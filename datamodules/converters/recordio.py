@@ -140,7 +140,8 @@ def read_idx(idx_path: str | Path) -> dict[int, int]:
             try:
                 key, offset = int(fields[0]), int(fields[1])
             except (IndexError, ValueError):
-                raise RecordIOError(f"{idx_path}, line {number}: expected 'key<TAB>offset', got {line.rstrip()!r}") from None
+                raise RecordIOError(f"{idx_path}, line {number}: expected 'key<TAB>offset', "
+                                    f"got {line.rstrip()!r}") from None
             offsets[key] = offset
     return offsets
 
@@ -210,7 +211,8 @@ class RecordIOReader:
                 raise RecordIOError(f"{where}: truncated, no record header at byte {position}")
             magic, lrec = struct.unpack("<II", head)
             if magic != RECORD_MAGIC:
-                raise RecordIOError(f"{where}: bad magic 0x{magic:08x} at byte {position} (expected 0x{RECORD_MAGIC:08x})")
+                raise RecordIOError(f"{where}: bad magic 0x{magic:08x} at byte {position} "
+                                    f"(expected 0x{RECORD_MAGIC:08x})")
             cflag, length = lrec >> LENGTH_BITS, lrec & LENGTH_MASK
             allowed = (CFLAG_MIDDLE, CFLAG_LAST) if expect_continuation else (CFLAG_WHOLE, CFLAG_FIRST)
             if cflag not in allowed:

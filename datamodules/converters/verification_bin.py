@@ -54,7 +54,8 @@ def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
             content = _RestrictedUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, ImportError, UnicodeDecodeError, struct.error) as err:
-        raise VerificationBinError(f"{path} is not a readable verification pickle ({type(err).__name__}: {err})") from None
+        raise VerificationBinError(f"{path} is not a readable verification pickle "
+                                   f"({type(err).__name__}: {err})") from None
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise VerificationBinError(f"{path}: expected a pickled (images, is_same) pair, "
                                    f"got {type(content).__name__}")
