@@ -36,6 +36,10 @@ class IdentityTransform:
         self.size = size
         self.augment = identity_augmentation(size, augment) if augment is not None else None
 
+    def reseed(self, seed: int) -> None:
+        if self.augment is not None:
+            self.augment.set_random_seed(seed)
+
     def __call__(self, sample: DecodedSample) -> dict:
         if self.augment is not None:
             image = self.augment(image=sample.image)["image"]

@@ -2,7 +2,8 @@
 
 Training (``ShardStream``): each DDP rank owns a disjoint subset of the shards (shard i goes to rank
 i mod world), each loader worker resamples shards from its rank's subset with a seed derived from
-(seed, epoch, rank, worker), and the loader (``EpochLoader``) cuts the endless stream into a fixed
+(seed, epoch, rank, worker) and reads a few of them interleaved (identity-grouped shards would
+otherwise give batches of neighbouring identities only), and the loader (``EpochLoader``) cuts the endless stream into a fixed
 number of batches per epoch, so every rank runs the same number of steps.
 
 Bad data never crashes a run and is never silent: each kind of problem is counted in the worker
@@ -117,16 +118,18 @@ def rank_shards(shards: list, rank: int, world: int) -> list:
 class ShardStream(IterableDataset):
     """Endless training stream of one rank: resampled shards -> decode -> transform -> batches.
 
-    ``transform(DecodedSample) -> dict`` makes the task's tensors; ``batcher(Iterator[dict]) ->
+    ``transform(DecodedSample) -> dict`` makes the task's tensors (a ``reseed(int)`` method, if it
+    has one, makes its augmentation reproducible); ``batcher(Iterator[dict], rng) ->
     Iterator[dict]`` groups them (plain or P x K). ``rank``/``world`` are fixed by the datamodule
     after the process group exists; ``epoch`` is set by the loader before each epoch.
     """
 
     def __init__(self, shards: list[tuple[str, int]], transform: Callable, batcher: Callable,
-                 required: tuple[str, ...], seed: int = 0, shuffle_buffer: int = 0):
+                 required: tuple[str, ...], seed: int = 0, shuffle_buffer: int = 0, interleave: int = 4):
         super().__init__()
         self.shards, self.transform, self.batcher = list(shards), transform, batcher
         self.required, self.seed, self.shuffle_buffer = required, seed, shuffle_buffer
+        self.interleave = interleave
         self.rank, self.world, self.epoch = 0, 1, 0
 
     def _rng(self) -> random.Random:
@@ -134,20 +137,32 @@ class ShardStream(IterableDataset):
         worker = info.id if info else 0
         return random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
 
-    def _samples(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
+    def _raw_records(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
+        """Records from ``interleave`` randomly drawn shards at a time, mixed record by record."""
         shards = rank_shards(self.shards, self.rank, self.world)
+        open_shards: list[Iterator[dict]] = []
         while True:
-            url, expected = rng.choice(shards)
-            for raw in read_shard(url, counter, expected):
-                try:
-                    sample = self.transform(decode_sample(raw, self.required))
-                except SampleError as err:
-                    counter.add(err.kind, str(err))
-                    continue
-                except Exception as err:  # an augmentation that fails on odd input: skip, count
-                    counter.add("transform_failed", f"sample {raw.get('__key__')!r}: {err!r}")
-                    continue
-                yield sample
+            while len(open_shards) < self.interleave:
+                url, expected = rng.choice(shards)
+                open_shards.append(read_shard(url, counter, expected))
+            i = rng.randrange(len(open_shards))
+            raw = next(open_shards[i], None)
+            if raw is None:
+                del open_shards[i]
+                continue
+            yield raw
+
+    def _samples(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
+        for raw in self._raw_records(rng, counter):
+            try:
+                sample = self.transform(decode_sample(raw, self.required))
+            except SampleError as err:
+                counter.add(err.kind, str(err))
+                continue
+            except Exception as err:  # an augmentation that fails on odd input: skip, count
+                counter.add("transform_failed", f"sample {raw.get('__key__')!r}: {err!r}")
+                continue
+            yield sample
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
@@ -164,6 +179,9 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         rng = self._rng()
+        if hasattr(self.transform, "reseed"):  # augmentation randomness follows the same seed
+            self.transform.reseed(rng.getrandbits(32))
+        self.epoch += 1  # a persistent worker's copy counts epochs by itself
         counter = BadSampleCounter()
         for batch in self.batcher(self._shuffled(self._samples(rng, counter), rng), rng):
             batch["bad_samples"] = counter.take()
@@ -194,12 +212,20 @@ class PlainBatcher:
                 batch = []
 
 
+def init_loader_worker(worker_id: int) -> None:
+    """One thread per loader worker: the workers already run in parallel with the training ranks."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
 class EpochLoader:
     """Cuts a rank's endless ``ShardStream`` into epochs of exactly ``batches_per_epoch`` batches.
 
-    Stateful for Lightning (``state_dict``/``load_state_dict`` are saved in checkpoints): a run
-    resumed mid-epoch replays the same epoch's stream and skips the batches already trained on.
-    ``bad_samples`` accumulates the counts of skipped data over the epoch.
+    Loader workers persist across epochs (no re-spawning); each worker's stream advances its own
+    epoch counter, so epoch e's stream depends only on (seed, e, rank, worker). Stateful for
+    Lightning (``state_dict``/``load_state_dict`` go into checkpoints): a run resumed mid-epoch
+    replays that epoch's stream and skips the batches already trained on. ``bad_samples``
+    accumulates the counts of skipped data over the epoch.
     """
 
     def __init__(self, dataset: ShardStream, batches_per_epoch: int, num_workers: int,
@@ -208,27 +234,35 @@ class EpochLoader:
         self.progress = progress  # () -> (epoch, batches completed in it), from the trainer
         self.epoch, self.skip = 0, 0
         self.bad_samples = torch.zeros(len(BAD_SAMPLE_KINDS), dtype=torch.long)
+        self._loader: DataLoader | None = None
+        self._loader_next_epoch = -1
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    def _loader_for(self, epoch: int) -> DataLoader:
+        if self._loader is None or self._loader_next_epoch != epoch:
+            self._loader = None  # shuts persistent workers down before new ones start
+            self.dataset.epoch = epoch
+            workers = self.num_workers
+            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers,
+                                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                                      worker_init_fn=init_loader_worker if workers else None)
+        self._loader_next_epoch = epoch + 1
+        return self._loader
+
     def __iter__(self) -> Iterator[dict]:
         if self.progress is not None:
             self.epoch = self.progress()[0]
-        self.dataset.epoch = self.epoch
         skip, self.skip = self.skip, 0
         self.bad_samples.zero_()
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
-        it = iter(loader)
-        try:
-            for index in range(self.batches_per_epoch):
-                batch = next(it)
-                self.bad_samples += batch["bad_samples"]
-                if index >= skip:
-                    yield batch
-        finally:
-            del it
+        it = iter(self._loader_for(self.epoch))
+        for index in range(self.batches_per_epoch):
+            batch = next(it)
+            self.bad_samples += batch["bad_samples"]
+            if index >= skip:
+                yield batch
+        self.epoch += 1
 
     def state_dict(self) -> dict:
         epoch, done = self.progress() if self.progress is not None else (self.epoch, 0)

@@ -35,7 +35,7 @@ class Recorder(pl.LightningModule):
 
 def _data(root: Path, sampler: dict, batch_size: int) -> dict:
     return {"root": str(root), "synthetic": None, "train_split": "train", "val_split": "val", "image_size": 16,
-            "batch_size": batch_size, "num_workers": 2, "shuffle_buffer": 8, "batches_per_epoch": None,
+            "batch_size": batch_size, "num_workers": 1, "shuffle_buffer": 8, "batches_per_epoch": None,
             "val_batch_size": 16, "sampler": sampler,
             "augment": {"hflip": 0.5, "color": 0.0, "affine": 0.0, "blur": 0.0}}
 

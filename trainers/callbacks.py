@@ -90,8 +90,7 @@ class Pictures(pl.Callback):
         shown = [split.decoded(i) for i in range(min(self.samples, len(split)))]
         grid = pictures.sample_grid([s.image for s in shown], [s.annotation for s in shown])
         queries = _one_per_identity(labels, 6)
-        neighbours = evaluation.neighbours[queries, :5]
-        correct = labels[neighbours] == labels[queries][:, None]
+        neighbours, correct = evaluation.neighbours[queries, :5], evaluation.neighbour_correct[queries, :5]
         panel = pictures.retrieval_panel([split.decoded(int(q)).image for q in queries], _DecodedImages(split),
                                          neighbours, correct)
         _, _, is_same = evaluation.pairs

@@ -18,6 +18,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    # evaluation metrics are computed from gathered embeddings: identical on every rank already
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 
@@ -63,6 +66,8 @@ def cmd_fit(args) -> int:
     run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
     prepare_run_dir(cfg, run_dir)
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
+    # synthetic data is generated here, under a file lock, before any collective could time out
+    run.datamodule.prepare_data()
     _load_finetune_weights(cfg, run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
     final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
@@ -94,6 +99,7 @@ def cmd_evaluate(args) -> int:
     run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id or f"{args.command}")
     prepare_run_dir(cfg, run_dir)
     run = build_run(cfg, run_dir)
+    run.datamodule.prepare_data()
     trainer = run.trainer
     if args.command == "predict":
         outputs = trainer.predict(run.module, datamodule=run.datamodule, ckpt_path=ckpt)

@@ -47,7 +47,7 @@ class SamplerConfig:
     kind: str = "pk"                    # pk | plain
     p: int = 16                         # identities per batch (pk)
     k: int = 4                          # images per identity (pk)
-    pool_size: int = 2048
+    pool_size: int = 1024               # samples waiting, grouped by identity (pk)
 
 
 @dataclass

@@ -5,6 +5,7 @@ import numpy as np
 import cv2
 
 AA = cv2.LINE_AA
+GRID_SIZES = (2, 2, 3, 4, 6)  # coarse grids give gradients, finer ones blotchy textures
 
 
 def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -13,15 +14,12 @@ def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
 
 def draw_background(rng: np.random.Generator, size: int, difficulty: float) -> np.ndarray:
     """A (size, size, 3) uint8 RGB background; clutter grows with ``difficulty``."""
-    k = int(rng.choice((2, 2, 3, 4, 6)))
+    k = GRID_SIZES[rng.integers(len(GRID_SIZES))]
     base = rng.uniform(0, 255, 3)
-    spread = rng.uniform(0.2, 1.0)
-    grid = (base + (rng.uniform(0, 255, (k, k, 3)) - base) * spread).astype(np.float32)
-    interpolation = cv2.INTER_LINEAR if k == 2 else cv2.INTER_CUBIC
-    img = cv2.resize(grid, (size, size), interpolation=interpolation)
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    grid = (base + (rng.uniform(0, 255, (k, k, 3)) - base) * rng.uniform(0.2, 1.0)).astype(np.uint8)
+    img = cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR)  # bilinear colour field
     if rng.uniform() < 0.2:  # stripes
-        colour, step = _colour(rng), rng.uniform(0.05, 0.2) * size
+        colour, step = _colour(rng), rng.uniform(0.08, 0.25) * size
         angle = rng.uniform(0, np.pi)
         dx, dy = np.cos(angle) * 2 * size, np.sin(angle) * 2 * size
         thickness = max(1, int(step * rng.uniform(0.15, 0.5)))
@@ -29,7 +27,7 @@ def draw_background(rng: np.random.Generator, size: int, difficulty: float) -> n
             off = (j - size / step) * step
             cx, cy = size / 2 - np.sin(angle) * off, size / 2 + np.cos(angle) * off
             cv2.line(img, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), colour, thickness, AA)
-    for _ in range(int(rng.integers(0, 1 + round(6 * difficulty)))):
+    for _ in range(int(rng.integers(0, 1 + round(5 * difficulty)))):
         kind = rng.integers(4)
         x, y = rng.uniform(0, size, 2)
         r = rng.uniform(0.05, 0.35) * size

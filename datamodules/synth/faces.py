@@ -28,8 +28,8 @@ __all__ = ["IdentityParams", "sample_identity", "draw_face", "render_face", "gen
            "CELEBA_POSITIVE_RATES"]
 
 BLURRY_RATE = CELEBA_POSITIVE_RATES[ATTRIBUTE_INDEX["Blurry"]]
-FACE_HEIGHT = (0.5, 0.56)  # face (skull top to chin) height as a fraction of the crop, at difficulty 0
-FACE_CENTRE_Y = 0.45
+FACE_HEIGHT = (0.55, 0.61)  # face (skull top to chin) height as a fraction of the crop, at difficulty 0
+FACE_CENTRE_Y = 0.46
 
 
 def render_face(params: IdentityParams, rng: np.random.Generator, size: int = 112,
@@ -42,8 +42,8 @@ def render_face(params: IdentityParams, rng: np.random.Generator, size: int = 11
     expression = sample_expression(rng, d)
     face_px = size * rng.uniform(*FACE_HEIGHT) * np.exp(rng.uniform(-1, 1) * 0.18 * d)
     centre = (size * (0.5 + rng.uniform(-1, 1) * 0.07 * d), size * (FACE_CENTRE_Y + rng.uniform(-1, 1) * 0.07 * d))
-    roll = rng.uniform(-1, 1) * 24.0 * d
-    yaw = rng.uniform(-1, 1) * 40.0 * d
+    roll = rng.uniform(-1, 1) * 20.0 * d
+    yaw = rng.uniform(-1, 1) * 36.0 * d
     face = draw_face(image, params, rng, centre, face_px, roll, yaw, expression)
     occlude(image, rng, face["box"], d)
     image = relight(image, rng, d)

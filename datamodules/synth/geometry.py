@@ -5,16 +5,18 @@ the skull top at y = -0.5 and the chin at y = +0.5. The head is a stack of horiz
 slices: at height y the outline half width is w(y) (a superellipse below the contour start, an
 ellipse above), the slice depth is d = D w / W and its centre sits at z_c = c D (1 - w / W), so the
 chin and skull top come forward. Features are points on that surface (plus a protrusion for nose
-and lips); outline points are the slice silhouettes for the current yaw, so a turned head keeps a
-true outline and the features never cross it.
+and lips); outline points are slice silhouettes for the current yaw, so a turned head keeps a true
+outline and the features never cross it.
 
-Every drawn shape and every landmark is built here as canonical points; ``project`` maps them all
-through the same yaw, roll, scale and shift, so landmarks lie exactly on what is drawn.
+Shapes are collected as canonical 2-D requests in one ``Shapes`` buffer (surface points, silhouette
+points, fixed 3-D points) and resolved to 3-D in one vectorised pass; ``project`` then maps every
+point through the same yaw, roll, scale and shift, so landmarks lie exactly on what is drawn.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -22,6 +24,36 @@ from datamodules.synth.identity import Expression, IdentityParams
 
 FOREHEAD_EXPONENT = 2.2
 NUM_LANDMARKS = 98
+SURFACE, RIM, FIXED = 0, 1, 2
+
+SIDES = np.array([[-1.0], [1.0]])  # image-left, image-right
+T9 = np.linspace(0.0, 1.0, 9)
+SIN_T9 = np.sin(math.pi * T9)
+T21 = np.linspace(0.0, 1.0, 21)
+BROW_TAPER = 0.12 + 0.88 * np.sin(0.5 * math.pi * T21) ** 0.6
+BROW_ARCH = np.sin(math.pi * T21 ** 0.65) ** 1.5
+LOWER_S = 1.0 - (1.0 - np.linspace(0.0, 1.0, 40)) ** 1.6  # denser near the chin, where the outline turns
+UPPER_PSI = np.linspace(0.0, math.pi, 28)
+CONTOUR_FRACTIONS = np.linspace(0.0, 1.0, 17)
+U_OUT = np.array([-1, -0.8, -0.6, -0.44, -0.28, -0.14, 0, 0.14, 0.28, 0.44, 0.6, 0.8, 1.0])
+U_IN = np.array([-0.85, -0.64, -0.42, -0.21, 0.0, 0.21, 0.42, 0.64, 0.85])
+LIP_BOW = np.sqrt(1 - U_OUT ** 2) * (1.0 - 0.25 * np.exp(-(U_OUT / 0.13) ** 2))  # Cupid's bow dip
+LIP_LOWER = (1 - U_OUT ** 2) ** 0.6
+POUT_OUT = 0.035 * (1 - U_OUT ** 2)
+POUT_IN = 0.03 * (1 - U_IN ** 2)
+OPEN_OUT = np.maximum(1.0 - (U_OUT / 0.85) ** 2, 0.0)
+OPEN_IN = np.maximum(1.0 - (U_IN / 0.85) ** 2, 0.0)
+
+
+@lru_cache(maxsize=None)
+def unit_circle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    return np.cos(t), np.sin(t)
+
+
+def ellipse(cx: float, cy: float, rx: float, ry: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    c, s = unit_circle(n)
+    return cx + rx * c, cy + ry * s
 
 
 @dataclass(frozen=True)
@@ -51,242 +83,362 @@ def project(points: np.ndarray, pose: Pose, yaw_factor: float = 1.0) -> np.ndarr
 
 
 class Head:
-    """The head surface of one identity (outline half width, slice depth, surface depth)."""
+    """The head surface of one identity: outline half width w(y), slice depth and centre."""
 
-    def __init__(self, p: IdentityParams, yaw_deg: float):
+    def __init__(self, p: IdentityParams):
         self.W = p.face_half_width
         self.jaw = p.jaw_exponent
         self.chin = p.chin_exponent
         self.depth = p.head_depth
         self.forward = p.chin_forward
-        self.split = p.eye_y - 0.02  # contour starts here (WFLW point 0 is near eye height)
+        self.split = p.eye_y - 0.02  # the contour starts here (WFLW point 0 is near eye height)
         self.upper = self.split + 0.5
         self.lower = 0.5 - self.split
-        yaw = math.radians(yaw_deg)
-        self.cos, self.sin = math.cos(yaw), math.sin(yaw)
 
     def half_width(self, y):
         y = np.asarray(y, dtype=float)
-        v = np.clip((y - self.split) / self.lower, 0.0, 1.0)
-        u = np.clip((self.split - y) / self.upper, 0.0, 1.0)
+        v = np.minimum(np.maximum((y - self.split) / self.lower, 0.0), 1.0)
+        u = np.minimum(np.maximum((self.split - y) / self.upper, 0.0), 1.0)
         lower = self.W * (1.0 - v ** self.jaw) ** (1.0 / self.chin)
         upper = self.W * (1.0 - u ** FOREHEAD_EXPONENT) ** (1.0 / FOREHEAD_EXPONENT)
         return np.where(y >= self.split, lower, upper)
 
-    def _slice(self, w):
-        ratio = np.asarray(w, dtype=float) / self.W
-        return self.depth * ratio, self.forward * self.depth * np.clip(1.0 - ratio, 0.0, None)
+    def width_at(self, y: float) -> float:
+        return float(self.half_width(np.array([y]))[0])
 
-    def surface(self, x, y, dz=0.0) -> np.ndarray:
-        """Points on the face surface above canonical (x, y), pushed ``dz`` towards the viewer."""
-        x = np.asarray(x, dtype=float)
-        y = np.broadcast_to(np.asarray(y, dtype=float), x.shape)
+    def slice(self, w):
+        ratio = w / self.W
+        return self.depth * ratio, self.forward * self.depth * np.maximum(1.0 - ratio, 0.0)
+
+    def surface_z(self, x: np.ndarray, y: np.ndarray, dz: np.ndarray) -> np.ndarray:
+        """Depth of the face surface above canonical (x, y), plus ``dz``."""
         w = self.half_width(y)
-        d, zc = self._slice(w)
-        r = np.clip(x / np.maximum(w, 1e-9), -1.0, 1.0)
-        z = zc + d * np.sqrt(1.0 - r * r) + dz
-        return np.stack([x, y, z], axis=-1)
+        d, zc = self.slice(w)
+        r = np.minimum(np.maximum(x / np.maximum(w, 1e-9), -1.0), 1.0)
+        return zc + d * np.sqrt(1.0 - r * r) + dz
 
-    def rim(self, w, y, side) -> np.ndarray:
-        """Silhouette points of slices of half width ``w`` at heights ``y`` on ``side`` (-1 left, +1 right)
-        for the current yaw: the slice point whose tangent is parallel to the view direction."""
-        w = np.asarray(w, dtype=float)
-        y = np.broadcast_to(np.asarray(y, dtype=float), w.shape)
-        side = np.broadcast_to(np.asarray(side, dtype=float), w.shape)
-        d, zc = self._slice(w)
-        s = np.sqrt((w * self.cos) ** 2 + (d * self.sin) ** 2) + 1e-12
-        x = side * w * w * self.cos / s
-        z = zc + side * d * d * self.sin / s
-        return np.stack([x, y, z], axis=-1)
+    def lower_outline(self):
+        """(w, y) of the outline from the contour start down to the chin (one side)."""
+        y = self.split + LOWER_S * self.lower
+        w = self.W * (1.0 - LOWER_S ** self.jaw) ** (1.0 / self.chin)
+        return w, y
 
-    def outline_2d(self, n_lower: int = 40, n_upper: int = 28):
-        """Canonical 2-D outline: (lower w, lower y) from the contour start to the chin on one side,
-        and the forehead arc (x, y) from the right contour start over the skull to the left one."""
-        s = np.linspace(0.0, 1.0, n_lower)
-        v = 1.0 - (1.0 - s) ** 1.6  # denser near the chin where the outline turns fastest
-        y_low = self.split + v * self.lower
-        w_low = self.W * (1.0 - v ** self.jaw) ** (1.0 / self.chin)
-        psi = np.linspace(0.0, math.pi, n_upper)
-        c, sn = np.cos(psi), np.sin(psi)
+    def upper_outline(self, extra_w: float = 0.0, extra_h: float = 0.0, wave=0.0, psi=UPPER_PSI):
+        """(x, y) of the forehead/skull arc from the right contour start over the top to the left,
+        optionally grown by ``extra_w`` sideways and ``extra_h`` upwards (hair, hats)."""
+        c, s = np.cos(psi), np.sin(psi)
         e = 2.0 / FOREHEAD_EXPONENT
-        x_up = self.W * np.sign(c) * np.abs(c) ** e
-        y_up = self.split - self.upper * np.abs(sn) ** e
-        return w_low, y_low, x_up, y_up
+        x = (self.W + extra_w + wave) * np.sign(c) * np.abs(c) ** e
+        y = self.split - (self.upper + extra_h + wave) * np.abs(s) ** e
+        return x, y
+
+
+@dataclass(frozen=True)
+class ShapeTemplate:
+    """A frozen ``Shapes`` buffer (canonical requests, parts, landmark rows) to start others from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    a: np.ndarray
+    kind: np.ndarray
+    parts: dict
+    landmark_rows: np.ndarray
+    landmark_set: np.ndarray  # which landmark rows the template defines
+
+
+class Shapes:
+    """A buffer of canonical points for one face. Each request appends points (surface points from
+    (x, y, dz), silhouette points from (w, y, side), or fixed (x, y, z)); ``close`` names the range
+    added since ``mark`` as one polygon of a part. ``resolve`` computes every 3-D point at once."""
+
+    def __init__(self, head: Head | None, template: ShapeTemplate | None = None):
+        self.head = head
+        self._x, self._y, self._a, self._kinds, self._lens = [], [], [], [], []
+        self.n = 0
+        self.parts: dict[str, list[tuple[int, int]]] = {}
+        self.landmark_rows = np.zeros(NUM_LANDMARKS, dtype=np.int64)
+        self.landmark_set = np.zeros(NUM_LANDMARKS, dtype=bool)
+        self._template_kind = None
+        if template is not None:
+            self._x.append(template.x)
+            self._y.append(template.y)
+            self._a.append(template.a)
+            self._template_kind = template.kind
+            self.n = len(template.x)
+            self.parts = {name: list(spans) for name, spans in template.parts.items()}
+            self.landmark_rows[:] = template.landmark_rows
+            self.landmark_set[:] = template.landmark_set
+
+    def freeze(self) -> ShapeTemplate:
+        """Freeze the buffer; surface points become fixed 3-D points (their depth does not depend on
+        the yaw), silhouette points stay requests."""
+        x, y, a, kind = np.concatenate(self._x), np.concatenate(self._y), np.concatenate(self._a), self._kind_array()
+        surface = kind == SURFACE
+        a = np.where(surface, self.head.surface_z(x, y, a), a) if self.head is not None else a
+        kind = np.where(surface, FIXED, kind).astype(np.int8)
+        return ShapeTemplate(x, y, a, kind, {k: tuple(v) for k, v in self.parts.items()},
+                             self.landmark_rows.copy(), self.landmark_set.copy())
+
+    def _kind_array(self) -> np.ndarray:
+        kind = np.repeat(np.array(self._kinds, dtype=np.int8), self._lens)
+        return kind if self._template_kind is None else np.concatenate([self._template_kind, kind])
+
+    def _add(self, x, y, a, kind: int) -> int:
+        x = np.asarray(x, dtype=float).ravel()
+        n = x.size
+        self._x.append(x)
+        self._y.append(y.ravel() if isinstance(y, np.ndarray) else np.full(n, y))
+        self._a.append(a.ravel() if isinstance(a, np.ndarray) else np.full(n, a))
+        self._kinds.append(kind)
+        self._lens.append(n)
+        start = self.n
+        self.n += n
+        return start
+
+    def surface(self, x, y, dz=0.0) -> int:
+        return self._add(x, y, dz, SURFACE)
+
+    def rim(self, w, y, side) -> int:
+        return self._add(w, y, side, RIM)
+
+    def rim_xy(self, x, y) -> int:
+        x = np.asarray(x, dtype=float)
+        return self._add(np.abs(x), y, np.where(x < 0, -1.0, 1.0), RIM)
+
+    def fixed(self, x, y, z) -> int:
+        return self._add(x, y, z, FIXED)
+
+    def mark(self) -> int:
+        return self.n
+
+    def close(self, name: str, start: int) -> None:
+        self.parts.setdefault(name, []).append((start, self.n))
+
+    def close_split(self, name: str, start: int, count: int) -> None:
+        """Name the points added since ``start`` as ``count`` polygons of equal size."""
+        size = (self.n - start) // count
+        self.parts.setdefault(name, []).extend((start + k * size, start + (k + 1) * size) for k in range(count))
+
+    def set_landmarks(self, index, rows) -> None:
+        self.landmark_rows[index] = rows
+        self.landmark_set[index] = True
+
+    def resolve(self, yaw_deg: float = 0.0) -> np.ndarray:
+        """Every requested point in 3-D; silhouettes are taken for a head turned by ``yaw_deg``."""
+        if not self._x:
+            return np.zeros((0, 3))
+        x, y, a = np.concatenate(self._x), np.concatenate(self._y), np.concatenate(self._a)
+        kind = self._kind_array()
+        out = np.empty((self.n, 3))
+        out[:, 1] = y
+        if self.head is None:
+            out[:, 0], out[:, 2] = x, a
+            return out
+        h = self.head
+        surface = kind == SURFACE
+        z_surface = np.zeros(self.n)
+        z_surface[surface] = h.surface_z(x[surface], y[surface], a[surface])
+        cos, sin = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
+        d_rim, zc_rim = h.slice(x)
+        s = np.sqrt((x * cos) ** 2 + (d_rim * sin) ** 2) + 1e-12
+        rim = kind == RIM
+        out[:, 0] = np.where(rim, a * x * x * cos / s, x)
+        out[:, 2] = np.where(rim, zc_rim + a * d_rim * d_rim * sin / s, np.where(surface, z_surface, a))
+        return out
 
 
 def _arc_positions(w: np.ndarray, y: np.ndarray, fractions: np.ndarray):
     """Points at given fractions of the arc length of the polyline (w, y)."""
-    seg = np.hypot(np.diff(w), np.diff(y))
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    cum = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(w), np.diff(y)))])
     target = fractions * cum[-1]
     return np.interp(target, cum, w), np.interp(target, cum, y)
 
 
-def _ellipse(cx, cy, rx, ry, n, angle0=0.0):
-    t = angle0 + np.linspace(0.0, 2 * math.pi, n, endpoint=False)
-    return cx + rx * np.cos(t), cy + ry * np.sin(t)
-
-
 class FaceGeometry:
-    """All canonical shapes of one face in one pose: ``parts`` maps a name to (N, 3) points,
-    ``landmarks`` is (98, 3) in WFLW order."""
+    """The canonical shapes of one face with one expression, in ``shapes``; landmark rows point
+    into it. Start from a ``ShapeTemplate`` of the identity's expression-free parts to skip them."""
 
-    def __init__(self, p: IdentityParams, expr: Expression, yaw_deg: float):
+    def __init__(self, p: IdentityParams, expr: Expression, template: ShapeTemplate | None = None):
         self.p, self.expr = p, expr
-        self.head = Head(p, yaw_deg)
-        self.parts: dict[str, np.ndarray] = {}
-        self.landmarks = np.zeros((NUM_LANDMARKS, 3))
-        self._outline()
-        self._eyes()
-        self._brows()
-        self._nose()
-        self._mouth()
+        self.head = Head(p)
+        self.shapes = Shapes(self.head, template)
+        self.brow_y = p.eye_y - p.brow_gap
+        self._nose_mouth_levels()
+
+    @cached_property
+    def _lower_outline(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.head.lower_outline()
+
+    @property
+    def lower_w(self) -> np.ndarray:
+        return self._lower_outline[0]
+
+    @property
+    def lower_y(self) -> np.ndarray:
+        return self._lower_outline[1]
+
+    def _nose_mouth_levels(self):
+        p, e = self.p, self.expr
+        self.nose_base_y = p.eye_y + p.nose_length
+        self.mouth_y = self.nose_base_y + p.mouth_gap
+        self.mouth_half = p.mouth_half_width * (1.0 + 0.15 * e.smile)
+        gap = 0.05 * e.mouth_open
+        mid = self.mouth_y - 0.022 * e.smile * U_OUT ** 2
+        self.upper_lip_y = mid - 0.3 * gap * OPEN_OUT - p.upper_lip * (1.0 - 0.25 * e.smile) * LIP_BOW
+        self.lower_lip_y = mid + 0.7 * gap * OPEN_OUT + p.lower_lip * LIP_LOWER
+        self.lower_lip_bottom = float(self.lower_lip_y[6])
+
+    def landmark(self, index, rows) -> None:
+        self.shapes.set_landmarks(index, rows)
 
     # --- head outline and WFLW contour 0-32 -------------------------------------------------------
-    def _outline(self):
-        h = self.head
-        w_low, y_low, x_up, y_up = h.outline_2d()
-        self.lower_w, self.lower_y = w_low, y_low
-        left = h.rim(w_low, y_low, -1.0)
-        right = h.rim(w_low[::-1], y_low[::-1], 1.0)
-        top = h.rim(np.abs(x_up), y_up, np.sign(x_up))
-        self.parts["outline"] = np.concatenate([left, right[1:], top[1:-1]])
+    def add_outline(self):
+        sh, h = self.shapes, self.head
+        w, y = self.lower_w, self.lower_y
+        x_up, y_up = h.upper_outline()
+        start = sh.mark()
+        sh.rim(w, y, -1.0)
+        sh.rim(w[-2::-1], y[-2::-1], 1.0)
+        sh.rim_xy(x_up[1:-1], y_up[1:-1])
+        sh.close("outline", start)
         # 17 points per side equally spaced along the arc, point 16 the chin
-        cw, cy = _arc_positions(w_low, y_low, np.linspace(0.0, 1.0, 17))
-        self.landmarks[0:17] = h.rim(cw, cy, -1.0)
-        self.landmarks[16:33] = h.rim(cw[::-1], cy[::-1], 1.0)
+        cw, cy = _arc_positions(w, y, CONTOUR_FRACTIONS)
+        left = sh.rim(cw, cy, -1.0)
+        right = sh.rim(cw[-2::-1], cy[-2::-1], 1.0)
+        self.landmark(slice(0, 17), np.arange(left, left + 17))
+        self.landmark(slice(17, 33), np.arange(right, right + 16))
 
     # --- eyes: WFLW 60-67 (image-left), 68-75 (image-right), pupils 96/97 --------------------------
-    def _eyes(self):
-        p, e, h = self.p, self.expr, self.head
-        t = np.linspace(0.0, 1.0, 9)  # outer corner (0) to inner corner (1)
+    def add_eyes(self):
+        """Both eyes at once: row 0 of every (2, n) array is the image-left eye, row 1 the right."""
+        p, e, sh = self.p, self.expr, self.shapes
         opening = p.eye_open * (1.0 - 0.3 * e.smile + 0.3 * e.brow_raise)
         lower_open = 0.5 * p.eye_open * (1.0 - 0.15 * e.smile)
         r_iris = p.iris_ratio * p.eye_half_width
-        for side, name in ((-1.0, "left"), (1.0, "right")):
-            cx, cy = side * p.eye_spacing, p.eye_y
-            xo, xi = cx + side * p.eye_half_width, cx - side * p.eye_half_width
-            yo, yi = cy - p.eye_tilt, cy + 0.4 * p.eye_tilt
-            xs = xo + (xi - xo) * t
-            base = yo + (yi - yo) * t
-            upper_y = base - opening * np.sin(math.pi * t ** p.lid_shape) ** 0.9
-            lower_y = base + lower_open * np.sin(math.pi * t)
-            upper = h.surface(xs, upper_y, -0.005)
-            lower = h.surface(xs, lower_y, -0.005)
-            self.parts[f"{name}_eye"] = np.concatenate([upper, lower[-2:0:-1]])
-            self.parts[f"{name}_lid_upper"] = upper
-            self.parts[f"{name}_lid_lower"] = lower
-            cover = r_iris + 0.012
-            self.parts[f"{name}_mask_upper"] = np.concatenate([upper, h.surface(xs[::-1], upper_y[::-1] - cover)])
-            self.parts[f"{name}_mask_lower"] = np.concatenate([lower, h.surface(xs[::-1], lower_y[::-1] + cover)])
-            # iris and pupil, shifted by gaze
-            ix = cx + e.gaze[0] * 0.3 * p.eye_half_width
-            iy = cy - 0.2 * opening + e.gaze[1] * 0.2 * p.eye_open
-            ex_, ey_ = _ellipse(ix, iy, r_iris, r_iris, 14)
-            self.parts[f"{name}_iris"] = h.surface(ex_, ey_, 0.0)
-            px_, py_ = _ellipse(ix, iy, 0.42 * r_iris, 0.42 * r_iris, 10)
-            self.parts[f"{name}_pupil"] = h.surface(px_, py_, 0.001)
-            gx_, gy_ = _ellipse(ix + 0.3 * r_iris, iy - 0.35 * r_iris, 0.18 * r_iris, 0.18 * r_iris, 6)
-            self.parts[f"{name}_glint"] = h.surface(gx_, gy_, 0.002)
-            centre = h.surface(np.array([ix]), iy, 0.001)
-            # eyeshadow band above the upper lid, bags below the lower lid
-            self.parts[f"{name}_shadow"] = np.concatenate(
-                [upper, h.surface(xs[::-1], upper_y[::-1] - 0.35 * opening - 0.018 * np.sin(math.pi * t))])
-            self.parts[f"{name}_bag"] = h.surface(xs[2:8], lower_y[2:8] + 0.022 + 0.01 * np.sin(math.pi * t[2:8]))
-            if side < 0:  # 60 outer corner, 61-63 upper lid, 64 inner corner, 65-67 lower lid back to outer
-                self.landmarks[60:65] = upper[[0, 2, 4, 6, 8]]
-                self.landmarks[65:68] = lower[[6, 4, 2]]
-                self.landmarks[96] = centre[0]
-            else:  # 68 inner corner, 69-71 upper lid, 72 outer corner, 73-75 lower lid back to inner
-                self.landmarks[68:73] = upper[[8, 6, 4, 2, 0]]
-                self.landmarks[73:76] = lower[[2, 4, 6]]
-                self.landmarks[97] = centre[0]
+        cover = r_iris + 0.012
+        cx = SIDES * p.eye_spacing
+        xs = cx + SIDES * p.eye_half_width * (1.0 - 2.0 * T9)  # outer corner (t = 0) to inner corner (t = 1)
+        base = p.eye_y - p.eye_tilt + 1.4 * p.eye_tilt * T9
+        upper_y = np.tile(base - opening * np.sin(math.pi * T9 ** p.lid_shape) ** 0.9, (2, 1))
+        lower_y = np.tile(base + lower_open * SIN_T9, (2, 1))
+        back = xs[:, ::-1]
+        # eye opening: upper lid outer -> inner corner, lower lid back (t = 7/8 .. 1/8)
+        eye = sh.mark()
+        sh.surface(np.hstack([xs, xs[:, -2:0:-1]]), np.hstack([upper_y, lower_y[:, -2:0:-1]]), -0.005)
+        sh.close_split("eyes", eye, 2)
+        sh.parts["lids_upper"] = [(eye, eye + 9), (eye + 16, eye + 25)]
+        ix = cx[:, 0] + e.gaze[0] * 0.3 * p.eye_half_width
+        iy = p.eye_y - 0.2 * opening + e.gaze[1] * 0.2 * p.eye_open
+        for name, n, dx, dy, r, dz in (("irises", 14, 0.0, 0.0, 1.0, 0.0), ("pupils", 10, 0.0, 0.0, 0.42, 0.001),
+                                       ("glints", 6, 0.3, -0.35, 0.18, 0.002)):
+            c, s_ = unit_circle(n)
+            start = sh.mark()
+            sh.surface(ix[:, None] + r_iris * (dx + r * c), iy + r_iris * (dy + r * s_) + np.zeros((2, 1)), dz)
+            sh.close_split(name, start, 2)
+        centres = sh.surface(ix, iy + np.zeros(2), 0.001)
+        # skin above the upper lid and below the lower lid hides the iris outside the opening
+        start = sh.mark()
+        sh.surface(np.hstack([xs, back, xs, back]),
+                   np.hstack([upper_y, (upper_y - cover)[:, ::-1], lower_y, (lower_y + cover)[:, ::-1]]))
+        sh.close_split("eye_masks", start, 4)
+        if p.heavy_makeup:
+            start = sh.mark()
+            sh.surface(np.hstack([xs, back]), np.hstack([upper_y, (upper_y - 0.35 * opening - 0.018 * SIN_T9)[:, ::-1]]))
+            sh.close_split("eye_shadows", start, 2)
+        start = sh.mark()
+        sh.surface(xs, lower_y, -0.005)
+        sh.close_split("lids_lower", start, 2)
+        if p.bags_under_eyes:
+            start = sh.mark()
+            sh.surface(xs[:, 2:8], lower_y[:, 2:8] + 0.022 + 0.01 * SIN_T9[2:8])
+            sh.close_split("bags", start, 2)
+        # 60 outer corner, 61-63 upper lid, 64 inner corner, 65-67 lower lid back to the outer corner;
+        # 68 inner corner, 69-71 upper lid, 72 outer corner, 73-75 lower lid back to the inner corner
+        self.landmark(slice(60, 65), eye + np.array([0, 2, 4, 6, 8]))
+        self.landmark(slice(65, 68), eye + 9 + np.array([1, 3, 5]))
+        self.landmark(slice(68, 73), eye + 16 + np.array([8, 6, 4, 2, 0]))
+        self.landmark(slice(73, 76), eye + 25 + np.array([5, 3, 1]))
+        self.landmark(slice(96, 98), np.array([centres, centres + 1]))
 
-    # --- brows: WFLW 33-41 (left), 42-50 (right) --------------------------------------------------
-    def _brows(self):
-        p, e, h = self.p, self.expr, self.head
-        t = np.linspace(0.0, 1.0, 21)  # tail (0) to head (1)
-        taper = 0.12 + 0.88 * np.sin(0.5 * math.pi * t) ** 0.6
-        base = p.eye_y - p.brow_gap - 0.03 * e.brow_raise
-        arch = p.brow_arch * (1.0 + 0.4 * e.brow_raise)
-        centre = base - arch * np.sin(math.pi * t ** 0.65) ** 1.5 + p.brow_slope * (t - 0.5)
-        half = 0.5 * p.brow_thickness * taper
-        for side, name in ((-1.0, "left"), (1.0, "right")):
-            x_tail = side * (p.eye_spacing + 1.25 * p.eye_half_width * p.brow_length)
-            x_head = side * (p.eye_spacing - 1.0 * p.eye_half_width)
-            xs = x_tail + (x_head - x_tail) * t
-            upper = h.surface(xs, centre - half, 0.003)
-            lower = h.surface(xs, centre + half, 0.003)
-            self.parts[f"{name}_brow"] = np.concatenate([upper, lower[::-1]])
-            if side < 0:  # 33 tail .. 37 head along the upper edge, 38-41 lower edge head -> tail
-                self.landmarks[33:38] = upper[[0, 5, 10, 15, 20]]
-                self.landmarks[38:42] = lower[[16, 12, 8, 4]]
-            else:  # 42 head .. 46 tail along the upper edge, 47-50 lower edge tail -> head
-                self.landmarks[42:47] = upper[[20, 15, 10, 5, 0]]
-                self.landmarks[47:51] = lower[[4, 8, 12, 16]]
+    # --- brows: WFLW 33-41 (image-left), 42-50 (image-right) ---------------------------------------
+    def add_brows(self):
+        """Both brows: upper edge tail -> head, then the lower edge head -> tail (row 21 + k: t = 1 - k/20)."""
+        p, e, sh = self.p, self.expr, self.shapes
+        base = self.brow_y - 0.03 * e.brow_raise
+        centre = base - p.brow_arch * (1.0 + 0.4 * e.brow_raise) * BROW_ARCH + p.brow_slope * (T21 - 0.5)
+        half = 0.5 * p.brow_thickness * BROW_TAPER
+        x_tail = SIDES * (p.eye_spacing + 1.25 * p.eye_half_width * p.brow_length)
+        x_head = SIDES * (p.eye_spacing - p.eye_half_width)
+        xs = x_tail + (x_head - x_tail) * T21
+        ys = np.hstack([centre - half, (centre + half)[::-1]])
+        start = sh.mark()
+        sh.surface(np.hstack([xs, xs[:, ::-1]]), np.tile(ys, (2, 1)), 0.003)
+        sh.close_split("brows", start, 2)
+        left, right = start, start + 42
+        self.landmark(slice(33, 38), left + np.array([0, 5, 10, 15, 20]))  # tail .. head
+        self.landmark(slice(38, 42), left + 21 + np.array([4, 8, 12, 16]))  # lower edge head -> tail
+        self.landmark(slice(42, 47), right + np.array([20, 15, 10, 5, 0]))  # head .. tail
+        self.landmark(slice(47, 51), right + 21 + np.array([16, 12, 8, 4]))  # lower edge tail -> head
 
     # --- nose: WFLW 51-54 bridge, 55-59 bottom ----------------------------------------------------
-    def _nose(self):
-        p, h = self.p, self.head
-        top, base_y = p.eye_y - 0.01, p.eye_y + p.nose_length
+    def add_nose(self):
+        p, sh = self.p, self.shapes
+        top, base_y = p.eye_y - 0.01, self.nose_base_y
         tip_y = p.eye_y + 0.8 * p.nose_length
-        self.nose_base_y = base_y
         lift = p.nose_length / 0.21
-        bridge_y = top + (tip_y - top) * np.array([0.0, 1 / 3, 2 / 3, 1.0])
-        self.landmarks[51:55] = h.surface(np.zeros(4), bridge_y, np.array([0.02, 0.05, 0.09, 0.13]) * lift)
         nw = p.nose_width
-        bx = nw * np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
-        by = base_y + np.array([-0.022, -0.006, 0.012 * p.nose_pointy, -0.006, -0.022])
-        self.landmarks[55:60] = h.surface(bx, by, np.array([0.02, 0.06, 0.08, 0.06, 0.02]) * lift)
-        self.parts["nose_bridge"] = self.landmarks[51:55]
-        self.parts["nose_bottom"] = self.landmarks[55:60]
+        start = sh.mark()
+        sh.surface(*ellipse(0.0, tip_y + 0.004, nw * 0.32, nw * 0.24, 8), 0.13 * lift)
+        sh.close("nose_tip", start)
+        start = sh.mark()
+        sh.surface(np.zeros(4), top + (tip_y - top) * np.array([0.0, 1 / 3, 2 / 3, 1.0]),
+                   np.array([0.02, 0.05, 0.09, 0.13]) * lift)
+        sh.close("nose_bridge", start)
+        self.landmark(slice(51, 55), np.arange(start, start + 4))
         for side, name in ((-1.0, "left"), (1.0, "right")):
-            ax = side * nw * np.array([1.0, 1.12, 0.8])
-            ay = base_y + np.array([-0.022, -0.05, -0.075])
-            self.parts[f"{name}_ala"] = h.surface(ax, ay, np.array([0.02, 0.03, 0.05]) * lift)
-            nx, ny = _ellipse(side * nw * 0.5, base_y - 0.013, nw * 0.28, 0.0085, 8)
-            self.parts[f"{name}_nostril"] = h.surface(nx, ny, 0.05 * lift)
-        tx, ty = _ellipse(0.0, tip_y + 0.004, nw * 0.32, nw * 0.24, 8)
-        self.parts["nose_tip"] = h.surface(tx, ty, 0.13 * lift)
+            start = sh.mark()
+            sh.surface(side * nw * np.array([1.0, 1.12, 0.8]), base_y + np.array([-0.022, -0.05, -0.075]),
+                       np.array([0.02, 0.03, 0.05]) * lift)
+            sh.close("alae", start)
+            start = sh.mark()
+            sh.surface(*ellipse(side * nw * 0.5, base_y - 0.013, nw * 0.28, 0.0085, 8), 0.05 * lift)
+            sh.close("nostrils", start)
+        start = sh.mark()
+        sh.surface(nw * np.array([-1.0, -0.5, 0.0, 0.5, 1.0]),
+                   base_y + np.array([-0.022, -0.006, 0.012 * p.nose_pointy, -0.006, -0.022]),
+                   np.array([0.02, 0.06, 0.08, 0.06, 0.02]) * lift)
+        sh.close("nose_bottom", start)
+        self.landmark(slice(55, 60), np.arange(start, start + 5))
 
     # --- mouth: WFLW 76-87 outer lip, 88-95 inner lip ---------------------------------------------
-    def _mouth(self):
-        p, e, h = self.p, self.expr, self.head
-        mw = p.mouth_half_width * (1.0 + 0.15 * e.smile)
-        my = self.nose_base_y + p.mouth_gap
-        lift = 0.022 * e.smile
+    def add_mouth(self):
+        e, sh = self.expr, self.shapes
+        mw, my = self.mouth_half, self.mouth_y
         gap = 0.05 * e.mouth_open
-        upper_t = p.upper_lip * (1.0 - 0.25 * e.smile)
-        u_out = np.array([-1, -0.8, -0.6, -0.44, -0.28, -0.14, 0, 0.14, 0.28, 0.44, 0.6, 0.8, 1.0])
-        u_in = np.array([-0.85, -0.64, -0.42, -0.21, 0.0, 0.21, 0.42, 0.64, 0.85])
-
-        def mid(u):
-            return my - lift * u * u
-
-        def opening(u):
-            return gap * np.clip(1.0 - (u / 0.85) ** 2, 0.0, 1.0)
-
-        bow = np.sqrt(np.clip(1 - u_out ** 2, 0, 1)) * (1.0 - 0.3 * np.exp(-(u_out / 0.13) ** 2))
-        up_out_y = mid(u_out) - 0.3 * opening(u_out) - upper_t * bow
-        lo_out_y = mid(u_out) + 0.7 * opening(u_out) + p.lower_lip * np.clip(1 - u_out ** 2, 0, 1) ** 0.6
-        up_in_y = mid(u_in) - 0.3 * opening(u_in)
-        lo_in_y = mid(u_in) + 0.7 * opening(u_in)
-        pout_out = 0.035 * np.clip(1 - u_out ** 2, 0, 1)
-        pout_in = 0.03 * np.clip(1 - u_in ** 2, 0, 1)
-        upper_outer = h.surface(mw * u_out, up_out_y, pout_out)
-        lower_outer = h.surface(mw * u_out, lo_out_y, pout_out)
-        upper_inner = h.surface(mw * u_in, up_in_y, pout_in)
-        lower_inner = h.surface(mw * u_in, lo_in_y, pout_in)
-        self.mouth_y, self.mouth_half = my, mw
-        self.lower_lip_bottom = float(lo_out_y[6])
-        self.parts["lips"] = np.concatenate([upper_outer, lower_outer[-2:0:-1]])
-        self.parts["mouth_inside"] = np.concatenate([upper_inner, lower_inner[-2:0:-1]])
-        self.parts["lip_line"] = upper_inner
-        teeth_low = np.minimum(up_in_y + gap * (0.35 + 0.45 * e.smile), lo_in_y)
-        self.parts["teeth"] = np.concatenate([upper_inner, h.surface(mw * u_in[::-1], teeth_low[::-1], pout_in)])
-        self.parts["upper_lip_outer"] = upper_outer
-        self.parts["lower_lip_outer"] = lower_outer
-        self.landmarks[76:83] = upper_outer[[0, 2, 4, 6, 8, 10, 12]]
-        self.landmarks[83:88] = lower_outer[[10, 8, 6, 4, 2]]
-        self.landmarks[88:93] = upper_inner[[0, 2, 4, 6, 8]]
-        self.landmarks[93:96] = lower_inner[[6, 4, 2]]
+        mid_in = my - 0.022 * e.smile * U_IN ** 2
+        up_in_y = mid_in - 0.3 * gap * OPEN_IN
+        lo_in_y = mid_in + 0.7 * gap * OPEN_IN
+        x_out, x_in = mw * U_OUT, mw * U_IN
+        start = sh.mark()
+        upper_outer = sh.surface(x_out, self.upper_lip_y, POUT_OUT)
+        lower_outer = sh.surface(x_out[-2:0:-1], self.lower_lip_y[-2:0:-1], POUT_OUT[-2:0:-1])  # row k: u index 11-k
+        sh.close("lips", start)
+        self.upper_lip_rows = (upper_outer, upper_outer + 13)
+        if e.mouth_open > 0:
+            start = sh.mark()
+            sh.surface(x_in, up_in_y, POUT_IN)
+            sh.surface(x_in[-2:0:-1], lo_in_y[-2:0:-1], POUT_IN[-2:0:-1])
+            sh.close("mouth_inside", start)
+            start = sh.mark()
+            sh.surface(x_in, up_in_y, POUT_IN)
+            teeth_low = np.minimum(up_in_y + gap * (0.35 + 0.45 * e.smile), lo_in_y)
+            sh.surface(x_in[::-1], teeth_low[::-1], POUT_IN[::-1])
+            sh.close("teeth", start)
+        start = sh.mark()
+        upper_inner = sh.surface(x_in, up_in_y, POUT_IN)
+        sh.close("lip_line", start)
+        lower_inner = sh.surface(x_in[[6, 4, 2]], lo_in_y[[6, 4, 2]], POUT_IN[[6, 4, 2]])
+        self.landmark(slice(76, 83), upper_outer + np.array([0, 2, 4, 6, 8, 10, 12]))
+        self.landmark(slice(83, 88), lower_outer + np.array([1, 3, 5, 7, 9]))  # u = .6, .28, 0, -.28, -.6
+        self.landmark(slice(88, 93), upper_inner + np.array([0, 2, 4, 6, 8]))
+        self.landmark(slice(93, 96), np.arange(lower_inner, lower_inner + 3))

@@ -1,8 +1,8 @@
-"""Canonical shapes of head hair, facial hair, ears and skin marks (see geometry.py for the frame).
+"""Canonical shapes of head hair, facial hair, ears and skin marks (frame: see geometry.py).
 
-Each function adds named (N, 3) point arrays to a ``FaceGeometry``'s ``parts``; draw.py fills them.
-Hair outside the face outline is built from slice silhouettes (``Head.rim``) so that it follows the
-head when it turns; hair on the face (hairline, fringe, beard edges) is made of surface points.
+Each function adds named polygons to a ``FaceGeometry``'s shape buffer; draw.py fills them. Hair
+outside the face outline is made of slice silhouettes (``Shapes.rim``) so that it follows the head
+when it turns; hair on the face (hairline, fringe, beard edges) is made of surface points.
 """
 from __future__ import annotations
 
@@ -10,213 +10,223 @@ import math
 
 import numpy as np
 
-from datamodules.synth.geometry import FOREHEAD_EXPONENT, FaceGeometry, _ellipse
+from datamodules.synth.geometry import POUT_OUT, U_OUT, FaceGeometry, ellipse
 
 # (amplitude, spatial frequency) of the hair outline for each texture
 WAVES = {"straight": (0.004, 5.0), "wavy": (0.02, 11.0), "other": (0.012, 26.0)}
+CAP_PSI = np.linspace(math.pi, 0.0, 25)
+BACK_PSI = np.linspace(math.pi, 0.0, 17)[4:-4]
+SIDE_T = np.linspace(0.0, 1.0, 4)
+LONG_T = np.linspace(0.0, 1.0, 9)
+STRAND_T = np.linspace(0.0, 1.0, 4)
+HAIR_BAND = 0.035  # width of the hair strip inside the face outline at the temples
 
 
-def _rim_xy(fg: FaceGeometry, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return fg.head.rim(np.abs(x), y, np.where(x < 0, -1.0, 1.0))
-
-
-def _cap_outer(fg: FaceGeometry, side_bottom: float, vol: float, vol_side: float, n: int = 25):
+def _cap_outer(fg: FaceGeometry, side_bottom: float, vol: float, vol_side: float):
     """Outer edge of the hair over the skull, left side bottom -> top -> right side bottom (2-D)."""
     p, h = fg.p, fg.head
     amp, freq = WAVES[p.hair_texture]
-    ys = np.linspace(side_bottom, h.split, 4)
+    ys = side_bottom + (h.split - side_bottom) * SIDE_T
     ws = h.half_width(ys) + vol_side
-    psi = np.linspace(math.pi, 0.0, n)
-    c, s = np.cos(psi), np.sin(psi)
-    e = 2.0 / FOREHEAD_EXPONENT
-    wave = amp * np.sin(freq * psi + p.hair_phase)
-    x_arc = (h.W + vol_side + wave) * np.sign(c) * np.abs(c) ** e
-    y_arc = h.split - (h.upper + vol + wave) * np.abs(s) ** e
-    x = np.concatenate([-ws, x_arc[1:-1], ws[::-1]])
-    y = np.concatenate([ys, y_arc[1:-1], ys[::-1]])
-    return x, y
+    x_arc, y_arc = h.upper_outline(vol_side, vol, amp * np.sin(freq * CAP_PSI + p.hair_phase), CAP_PSI)
+    x_arc = x_arc + 0.04 * p.hair_parting * np.sin(CAP_PSI) ** 2  # hair leans away from the parting
+    return np.concatenate([-ws, x_arc[1:-1], ws[::-1]]), np.concatenate([ys, y_arc[1:-1], ys[::-1]])
 
 
 def _hairline(fg: FaceGeometry, side_bottom: float, temple_y: float):
     """Inner edge of the hair on the face, right side bottom -> across the forehead -> left side
-    bottom (2-D), shaped by the hair style (plain, receding M-shape, or a jagged fringe)."""
+    bottom (2-D), shaped by the style: plain (with a parting), receding (M-shape) or a jagged fringe."""
     p, h = fg.p, fg.head
-    band = 0.035
-    side_y = np.linspace(side_bottom, temple_y, 3)
-    side_x = h.half_width(side_y) - band
-    brow_y = p.eye_y - p.brow_gap
+    side_y = np.array([side_bottom, 0.5 * (side_bottom + temple_y), temple_y])
+    side_x = h.half_width(side_y) - HAIR_BAND
     if p.hair_style == "bangs":
-        xw = h.half_width(np.array([brow_y - 0.03]))[0] - band
+        fringe_y = fg.brow_y - 0.03
+        xw = h.width_at(fringe_y) - HAIR_BAND
         x = np.linspace(xw, -xw, 13)
-        jag = 0.012 * (np.arange(13) % 2)
-        y = brow_y - 0.03 - 0.02 * (x / xw) ** 2 - jag
+        y = fringe_y - 0.02 * (x / xw) ** 2 - 0.012 * (np.arange(13) % 2)
     elif p.hair_style == "receding":
-        xw = h.half_width(np.array([temple_y]))[0] - band
+        xw = h.width_at(temple_y) - HAIR_BAND
         x = np.linspace(xw, -xw, 11)
         r = x / xw
         y = p.hairline + 0.05 * np.exp(-(r / 0.3) ** 2) - 0.03 * r ** 2 + 0.07 * np.abs(r) ** 6
     else:
-        xw = h.half_width(np.array([temple_y]))[0] - band
+        xw = h.width_at(temple_y) - HAIR_BAND
         x = np.linspace(xw, -xw, 11)
         apex = p.hair_parting * 0.3 * xw
-        r = np.clip(np.abs(x - apex) / (xw + abs(apex)), 0, 1)
+        r = np.minimum(np.abs(x - apex) / (xw + abs(apex)), 1.0)
         y = p.hairline + (temple_y - p.hairline) * r ** 2.2
-    xs = np.concatenate([side_x, x, -side_x[::-1]])
-    ys = np.concatenate([side_y, y, side_y[::-1]])
-    return xs, ys
+    return np.concatenate([side_x, x, -side_x[::-1]]), np.concatenate([side_y, y, side_y[::-1]])
+
+
+def add_hair_back(fg: FaceGeometry) -> None:
+    """Long hair falling behind the head and beside the neck (drawn before the face)."""
+    p, h, sh = fg.p, fg.head, fg.shapes
+    if p.hair_style == "bald" or not p.hair_long:
+        return
+    vol = p.hair_volume
+    amp, freq = WAVES[p.hair_texture]
+    bottom = 0.35 + p.hair_length
+    top = h.split - 0.05
+    ys = top + (bottom - top) * LONG_T
+    out_w = h.W + p.hair_side_volume + 0.01 + (0.04 + 0.06 * p.hair_length) * LONG_T + 1.5 * amp * np.sin(freq * 3.8 * ys + p.hair_phase)
+    inner = p.neck_width + 0.03
+    bottom_x = np.linspace(out_w[-1], inner, 4)
+    jag = 0.03 * (np.arange(4) % 2)
+    ax, ay = h.upper_outline(p.hair_side_volume + 0.01, vol, 0.0, BACK_PSI)
+    x = np.concatenate([-out_w, -bottom_x, [-inner, inner], bottom_x[::-1], out_w[::-1], ax[::-1]])
+    y = np.concatenate([ys, bottom - jag, [0.3, 0.3], bottom - jag[::-1], ys[::-1], ay[::-1]])
+    start = sh.mark()
+    sh.rim_xy(x, y)
+    sh.close("hair_back", start)
 
 
 def add_hair(fg: FaceGeometry) -> None:
-    """Hair cap (front), long back hair, strands, or a bald scalp shine."""
-    p, h = fg.p, fg.head
+    """Hair cap over the skull with its hairline or fringe, strands, or a bald scalp shine."""
+    p, h, sh = fg.p, fg.head, fg.shapes
     if p.hair_style == "bald":
-        x, y = _ellipse(-0.06, -0.40, 0.09, 0.035, 10)
-        fg.parts["scalp_shine"] = h.surface(x, y, 0.0)
+        start = sh.mark()
+        sh.surface(*ellipse(-0.06, -0.40, 0.09, 0.035, 10))
+        sh.close("scalp_shine", start)
         return
-    vol = p.hair_volume
-    vol_side = vol if p.hair_long else 0.6 * vol
+    vol, vol_side = p.hair_volume, p.hair_side_volume
     side_bottom = p.eye_y - 0.05
-    temple_y = p.eye_y - p.brow_gap - 0.045
+    temple_y = fg.brow_y - 0.045
     ox, oy = _cap_outer(fg, side_bottom, vol, vol_side)
     ix, iy = _hairline(fg, side_bottom, temple_y)
-    fg.parts["hair_cap"] = np.concatenate([_rim_xy(fg, ox, oy), h.surface(ix, iy, 0.004)])
-    # strands: from the hairline towards the crown
-    strands = []
-    for k, frac in enumerate((0.2, 0.4, 0.6, 0.8)):
+    start = sh.mark()
+    sh.rim_xy(ox, oy)
+    sh.surface(ix, iy, 0.004)
+    sh.close("hair_cap", start)
+    for k, frac in enumerate((0.2, 0.4, 0.6, 0.8)):  # strands from the hairline towards the crown
         j = int(frac * (len(ix) - 1))
-        sx = np.linspace(ix[j], ix[j] * 0.5 + 0.03 * (k - 1.5), 4)
-        sy = np.linspace(iy[j] - 0.01, -0.5 - 0.3 * vol, 4)
-        strands.append(h.surface(sx, sy, 0.006))
-    fg.parts["hair_strands"] = strands
-    if p.hair_long:
-        amp, freq = WAVES[p.hair_texture]
-        bottom = 0.35 + p.hair_length
-        flare = 0.04 + 0.06 * p.hair_length
-        ys = np.linspace(h.split - 0.05, bottom, 9)
-        frac = (ys - ys[0]) / (ys[-1] - ys[0])
-        wave = amp * 1.5 * np.sin(freq * 0.6 * ys * 2 * math.pi / 1.0 + p.hair_phase)
-        out_w = h.W + vol + 0.01 + flare * frac + wave
-        inner = fg.p.neck_width + 0.03
-        jag = 0.03 * (np.arange(4) % 2)
-        bottom_x = np.linspace(out_w[-1], inner, 4)
-        left = np.stack([-out_w, ys], 1)
-        left_bottom = np.stack([-bottom_x, bottom - jag], 1)
-        left_inner = np.array([[-inner, bottom], [-inner, 0.3]])
-        right_inner = np.array([[inner, 0.3], [inner, bottom]])
-        right_bottom = np.stack([bottom_x[::-1], bottom - jag[::-1]], 1)
-        right = np.stack([out_w[::-1], ys[::-1]], 1)
-        ax, ay = _cap_outer(fg, h.split - 0.05, vol, vol + 0.01, n=17)
-        pts = np.concatenate([left, left_bottom, left_inner, right_inner, right_bottom, right,
-                              np.stack([ax[::-1], ay[::-1]], 1)[4:-4]])
-        back = _rim_xy(fg, pts[:, 0], pts[:, 1])
-        back[:, 2] -= 0.05
-        fg.parts["hair_back"] = back
+        start = sh.mark()
+        sh.surface(ix[j] + (ix[j] * -0.5 + 0.03 * (k - 1.5)) * STRAND_T,
+                   iy[j] - 0.01 + (-0.5 - 0.3 * vol - iy[j] + 0.01) * STRAND_T, 0.006)
+        sh.close("hair_strands", start)
 
 
 def add_ears(fg: FaceGeometry) -> None:
-    p, h = fg.p, fg.head
+    """Ears behind the cheek line (z behind the slice centre, so the far ear hides when the head turns)."""
+    p, sh = fg.p, fg.shapes
     y_ear = p.eye_y + 0.055
-    w = float(h.half_width(np.array([y_ear]))[0])
+    w = fg.head.width_at(y_ear)
     z = -0.25 * p.head_depth
+    fg.lobes = {}
     for side, name in ((-1.0, "left"), (1.0, "right")):
-        cx = side * (w + 0.4 * p.ear_out - 0.01)
-        x, y = _ellipse(cx, y_ear, 0.55 * p.ear_out + 0.012, 0.5 * p.ear_size, 12)
-        fg.parts[f"{name}_ear"] = np.stack([x, y, np.full_like(x, z)], 1)
-        x, y = _ellipse(cx - side * 0.004, y_ear, 0.3 * p.ear_out + 0.006, 0.3 * p.ear_size, 8)
-        fg.parts[f"{name}_ear_inner"] = np.stack([x, y, np.full_like(x, z + 0.002)], 1)
-        fg.parts[f"{name}_lobe"] = np.array([[side * (w + 0.35 * p.ear_out), y_ear + 0.42 * p.ear_size, z + 0.004]])
+        cx = side * (w + 0.5 * p.ear_out - 0.012)
+        start = sh.mark()
+        sh.fixed(*ellipse(cx, y_ear, 0.6 * p.ear_out + 0.012, 0.5 * p.ear_size, 12), z)
+        sh.close("ears", start)
+        start = sh.mark()
+        sh.fixed(*ellipse(cx - side * 0.004, y_ear, 0.3 * p.ear_out + 0.006, 0.3 * p.ear_size, 8), z + 0.002)
+        sh.close("ears_inner", start)
+        fg.lobes[name] = (side * (w + 0.45 * p.ear_out), y_ear + 0.42 * p.ear_size, z + 0.01)
 
 
-def _lower_outline_below(fg: FaceGeometry, y0: float, w_max: float | None = None) -> np.ndarray:
-    """Rim points of the lower outline below height y0 (and narrower than w_max), left side from
-    the top down to the chin, then the right side back up."""
+def _lower_outline_below(fg: FaceGeometry, y0: float, w_max: float | None = None) -> None:
+    """Append rim points of the lower outline below height y0 (narrower than w_max): the left side
+    from the top down to the chin, then the right side back up."""
     w, y = fg.lower_w, fg.lower_y
     keep = y >= y0
     if w_max is not None:
         keep &= w <= w_max
     w, y = w[keep], y[keep]
-    left = fg.head.rim(w, y, -1.0)
-    right = fg.head.rim(w[::-1], y[::-1], 1.0)
-    return np.concatenate([left, right[1:]])
+    fg.shapes.rim(w, y, -1.0)
+    fg.shapes.rim(w[-2::-1], y[-2::-1], 1.0)
 
 
 def add_facial_hair(fg: FaceGeometry) -> None:
     """Beard, goatee, mustache, sideburns and stubble: regions bounded by the face outline (so the
     outline stays the silhouette) and by curves around the mouth and nose."""
-    p, h = fg.p, fg.head
+    p, h, sh = fg.p, fg.head, fg.shapes
     mw, my, base = fg.mouth_half, fg.mouth_y, fg.nose_base_y
     llb = fg.lower_lip_bottom
     if p.stubble or p.beard == "full":
         y0 = base - 0.02 if p.beard == "full" else p.eye_y + 0.1
-        outer = _lower_outline_below(fg, y0)
-        w0 = float(h.half_width(np.array([y0]))[0])
+        w0 = h.width_at(y0)
         if p.beard == "full":
             half = np.array([[w0 * 0.82, y0], [mw + 0.035, my - 0.01], [mw * 0.55, llb + 0.018]])
             inner = np.concatenate([half, [[0.0, llb + 0.022]], half[::-1] * [-1, 1]])
         else:
             half = np.array([[w0 * 0.85, y0], [p.nose_width + 0.03, base + 0.005]])
             inner = np.concatenate([half, [[0.0, base + 0.012]], half[::-1] * [-1, 1]])
-        fg.parts["beard" if p.beard == "full" else "stubble"] = np.concatenate(
-            [outer, h.surface(inner[:, 0], inner[:, 1], 0.01)])
+        start = sh.mark()
+        _lower_outline_below(fg, y0)
+        sh.surface(inner[:, 0], inner[:, 1], 0.01)
+        sh.close("beard" if p.beard == "full" else "stubble", start)
     if p.beard == "goatee":
-        u = np.linspace(-0.62, 0.62, 7)
-        top = h.surface(mw * u, llb + 0.006 - 0.008 * (1 - (u / 0.62) ** 2) + 0.01 * (u / 0.62) ** 2, 0.03)
-        chin = _lower_outline_below(fg, h.split, w_max=0.7 * mw)
-        fg.parts["goatee"] = np.concatenate([top, chin[::-1]])
+        u = np.linspace(-0.62, 0.62, 7) / 0.62
+        start = sh.mark()
+        sh.surface(0.62 * mw * u, llb + 0.006 - 0.008 * (1 - u ** 2) + 0.01 * u ** 2, 0.03)
+        keep = fg.lower_w <= 0.7 * mw
+        w, y = fg.lower_w[keep], fg.lower_y[keep]
+        sh.rim(w, y, 1.0)  # down the right side of the chin, then back up the left
+        sh.rim(w[-2::-1], y[-2::-1], -1.0)
+        sh.close("goatee", start)
     if p.mustache:
-        upper_outer = fg.parts["upper_lip_outer"]
         u = np.linspace(-1.0, 1.0, 9)
-        corner_y = float(upper_outer[0, 1])
-        top_y = base + 0.014 + (u ** 2) * (corner_y - base - 0.014) * 0.55
-        top = h.surface(1.05 * mw * u, top_y, 0.04)
-        droop_l = h.surface(np.array([-1.12 * mw]), my + 0.012, 0.02)
-        droop_r = h.surface(np.array([1.12 * mw]), my + 0.012, 0.02)
-        under = upper_outer[::-1].copy()
-        under[:, 1] -= 0.002
-        fg.parts["mustache"] = np.concatenate([droop_l, top, droop_r, under])
+        corner_y = float(fg.upper_lip_y[0])
+        start = sh.mark()
+        sh.surface([-1.12 * mw], my + 0.012, 0.02)
+        sh.surface(1.05 * mw * u, base + 0.014 + u ** 2 * (corner_y - base - 0.014) * 0.55, 0.04)
+        sh.surface([1.12 * mw], my + 0.012, 0.02)
+        sh.surface(mw * U_OUT[::-1], fg.upper_lip_y[::-1] - 0.002, POUT_OUT[::-1])
+        sh.close("mustache", start)
     if p.sideburns:
         ys = np.linspace(p.eye_y - 0.06, p.eye_y + 0.11, 6)
         ws = h.half_width(ys)
         for side, name in ((-1.0, "left"), (1.0, "right")):
-            outer = h.rim(ws, ys, side)
-            inner = h.surface(side * (ws[::-1] - 0.045 + 0.015 * np.linspace(0, 1, 6)), ys[::-1], 0.0)
-            fg.parts[f"{name}_sideburn"] = np.concatenate([outer, inner])
+            start = sh.mark()
+            sh.rim(ws, ys, side)
+            sh.surface(side * (ws[::-1] - 0.045 + 0.015 * np.linspace(0.0, 1.0, 6)), ys[::-1])
+            sh.close("sideburns", start)
+
+
+def add_folds(fg: FaceGeometry) -> None:
+    """Nose-to-mouth folds: with a smile, or always on older faces."""
+    p, sh = fg.p, fg.shapes
+    mw, my, base = fg.mouth_half, fg.mouth_y, fg.nose_base_y
+    if max(fg.expr.smile, 0.6 if p.wrinkles else 0.0) <= 0.3:
+        return
+    for side, name in ((-1.0, "left"), (1.0, "right")):
+        start = sh.mark()
+        sh.surface(side * np.array([p.nose_width + 0.012, p.nose_width + 0.04, mw + 0.022]),
+                   np.array([base - 0.03, base + 0.025, my + 0.015]))
+        sh.close("folds", start)
 
 
 def add_skin_marks(fg: FaceGeometry) -> None:
-    """Cheek highlights and blush, eye bags, wrinkles, folds, double chin, moles and scars."""
-    p, e, h = fg.p, fg.expr, fg.head
-    mw, my, base = fg.mouth_half, fg.mouth_y, fg.nose_base_y
+    """Cheek highlights and blush, wrinkles, double chin, moles and scars."""
+    p, sh = fg.p, fg.shapes
     for side, name in ((-1.0, "left"), (1.0, "right")):
         cx = side * (p.eye_spacing + 0.02)
         if p.high_cheekbones:
-            x, y = _ellipse(cx + side * 0.02, p.eye_y + 0.1, 0.075, 0.022, 10, angle0=0.0)
-            fg.parts[f"{name}_cheekbone"] = h.surface(x, y - side * 0.3 * (x - cx - side * 0.02) * 0.4, 0.0)
+            start = sh.mark()
+            sh.surface(*ellipse(cx + side * 0.02, p.eye_y + 0.1, 0.075, 0.022, 10))
+            sh.close("cheekbones", start)
         if p.rosy_cheeks or p.heavy_makeup:
-            x, y = _ellipse(cx, p.eye_y + 0.15, 0.055, 0.04, 10)
-            fg.parts[f"{name}_blush"] = h.surface(x, y, 0.0)
-        fold = max(e.smile, 0.6 if p.wrinkles else 0.0)
-        if fold > 0.3:
-            fx = side * np.array([p.nose_width + 0.012, p.nose_width + 0.04, mw + 0.022])
-            fy = np.array([base - 0.03, base + 0.025, my + 0.015])
-            fg.parts[f"{name}_fold"] = h.surface(fx, fy, 0.0)
+            start = sh.mark()
+            sh.surface(*ellipse(cx, p.eye_y + 0.15, 0.055, 0.04, 10))
+            sh.close("blush", start)
     if p.wrinkles:
-        brow_y = p.eye_y - p.brow_gap
-        lines = []
+        x = np.linspace(-0.11, 0.11, 5)
         for k in range(2):
-            x = np.linspace(-0.11, 0.11, 5)
-            lines.append(h.surface(x, brow_y - 0.05 - 0.03 * k - 0.012 * (1 - (x / 0.11) ** 2), 0.0))
-        fg.parts["forehead_lines"] = lines
+            start = sh.mark()
+            sh.surface(x, fg.brow_y - 0.05 - 0.03 * k - 0.012 * (1 - (x / 0.11) ** 2))
+            sh.close("forehead_lines", start)
     if p.double_chin:
         keep = fg.lower_w <= 0.55 * p.face_half_width
-        w, y = fg.lower_w[keep], fg.lower_y[keep] + 0.04
-        w = w * 0.9
-        fg.parts["double_chin"] = np.concatenate([h.rim(w, y, -1.0), h.rim(w[::-1], y[::-1], 1.0)[1:]])
-    moles = []
+        w, y = 0.9 * fg.lower_w[keep], fg.lower_y[keep] + 0.04
+        start = sh.mark()
+        sh.rim(w, y, -1.0)
+        sh.rim(w[-2::-1], y[-2::-1], 1.0)
+        sh.close("double_chin", start)
     for mx, my_, r in p.moles:
-        x, y = _ellipse(mx, my_, r, r, 8)
-        moles.append(h.surface(x, y, 0.002))
-    fg.parts["moles"] = moles
+        start = sh.mark()
+        sh.surface(*ellipse(mx, my_, r, r, 8), 0.002)
+        sh.close("moles", start)
     if p.scar is not None:
         x0, y0, dx, dy = p.scar
-        fg.parts["scar"] = h.surface(np.array([x0, x0 + dx * 0.5, x0 + dx]), np.array([y0, y0 + dy * 0.5 + 0.005, y0 + dy]), 0.001)
+        start = sh.mark()
+        sh.surface(np.array([x0, x0 + 0.5 * dx, x0 + dx]), np.array([y0, y0 + 0.5 * dy + 0.005, y0 + dy]), 0.001)
+        sh.close("scar", start)

@@ -112,7 +112,8 @@ class IdentityParams:
     hair_texture: str  # straight / wavy / other
     hair_colour_name: str
     hair_colour: RGB
-    hair_volume: float
+    hair_volume: float  # hair thickness over the crown
+    hair_side_volume: float  # ... and at the sides
     hairline: float
     hair_parting: float
     hair_length: float
@@ -143,6 +144,7 @@ class IdentityParams:
     necklace: RGB | None
     necktie: RGB | None
     neck_width: float
+    neckline: tuple[float, float, float]  # clothes: neckline dip, shoulder height, neckline height
 
     def attribute(self, name: str) -> int:
         return self.attributes[ATTRIBUTE_INDEX[name]]
@@ -312,7 +314,7 @@ def sample_identity(identity: int, seed: int) -> IdentityParams:
         flags[name] = value
 
     # ---- geometry following the flags ----
-    half_width = u(0.37, 0.42) if male else u(0.355, 0.40)
+    half_width = u(0.36, 0.43) if male else u(0.345, 0.41)
     jaw = u(2.2, 3.2) if male else u(1.7, 2.5)
     chin = u(1.25, 2.1)
     if chubby:
@@ -320,14 +322,14 @@ def sample_identity(identity: int, seed: int) -> IdentityParams:
     if oval:
         half_width, jaw, chin = half_width - 0.015, u(1.75, 2.05), u(1.65, 2.0)
     eye_y = u(-0.03, 0.02)
-    eye_half = u(0.066, 0.086)
+    eye_half = u(0.062, 0.09)
     eye_open = u(0.017, 0.024) if narrow else u(0.03, 0.042)
     brow_thick = u(0.036, 0.046) if bushy else (u(0.021, 0.029) if male else u(0.015, 0.023))
     brow_arch = u(0.024, 0.034) if arched else u(0.003, 0.016)
-    nose_length = u(0.235, 0.27) if big_nose else u(0.19, 0.225)
+    nose_length = u(0.235, 0.28) if big_nose else u(0.18, 0.228)
     nose_width = u(0.068, 0.082) if big_nose else (u(0.044, 0.052) if pointy else u(0.05, 0.064))
-    mouth_half = u(0.095, 0.125) if male else u(0.088, 0.115)
-    lip_scale = u(1.4, 1.6) if big_lips else (u(0.75, 1.0) if male else u(0.9, 1.1))
+    mouth_half = u(0.095, 0.13) if male else u(0.085, 0.12)
+    lip_scale = u(1.4, 1.6) if big_lips else (u(0.85, 1.05) if male else u(0.95, 1.15))
     skin_t = u(0.93, 1.0) if pale else float(np.clip(rng.beta(2.4, 1.4) * 0.86, 0, 0.86))
     skin = tuple(float(c) for c in _skin_colour(skin_t) + u(-6, 6, 3))
 
@@ -342,8 +344,9 @@ def sample_identity(identity: int, seed: int) -> IdentityParams:
     lip_colour = _pick(rng, LIPSTICK_COLOURS, 14) if lipstick else natural_lip
     eyeshadow = _pick(rng, np.array([(120, 80, 120), (90, 70, 60), (70, 90, 130), (150, 100, 80)]), 15)
 
-    hair_volume = u(0.025, 0.06) if not hair_long else u(0.035, 0.08)
-    hairline = u(-0.44, -0.40) if receding else u(-0.36, -0.30)
+    hair_volume = u(0.02, 0.1) if not hair_long else u(0.03, 0.11)
+    hair_side_volume = u(0.01, 0.05) if not hair_long else u(0.03, 0.08)
+    hairline = u(-0.44, -0.40) if receding else u(-0.37, -0.28)
     moles = tuple((*_mark_position(rng), float(u(0.008, 0.016))) for _ in range(int(rng.choice([0, 0, 1, 1, 2, 3]))))
     scar = (*_mark_position(rng), float(u(-0.06, 0.06)), float(u(-0.05, 0.05))) if u() < 0.08 else None
     facial_hair_colour = _mix(hair_colour, (40, 30, 25), 0.35) if not bald else \
@@ -366,23 +369,24 @@ def sample_identity(identity: int, seed: int) -> IdentityParams:
         identity=int(identity), seed=int(seed), attributes=attributes, male=male, young=young,
         face_half_width=half_width, jaw_exponent=jaw, chin_exponent=chin, head_depth=u(0.33, 0.40),
         chin_forward=u(0.45, 0.75), skin=skin,
-        eye_y=eye_y, eye_spacing=half_width * u(0.43, 0.5), eye_half_width=eye_half, eye_open=eye_open,
+        eye_y=eye_y, eye_spacing=half_width * u(0.42, 0.52), eye_half_width=eye_half, eye_open=eye_open,
         eye_tilt=u(-0.008, 0.014), lid_shape=u(0.75, 1.25), iris_ratio=u(0.42, 0.52),
         iris=_pick(rng, IRIS_COLOURS, 10), sclera=tuple(float(c) for c in u(222, 245, 3)),
-        brow_gap=u(0.068, 0.095), brow_thickness=brow_thick, brow_arch=brow_arch,
+        brow_gap=u(0.065, 0.1), brow_thickness=brow_thick, brow_arch=brow_arch,
         brow_length=u(0.9, 1.15), brow_slope=u(-0.012, 0.012), brow_colour=brow_colour,
         nose_length=nose_length, nose_width=nose_width, nose_pointy=u(0.6, 1.0) if pointy else u(0.0, 0.3),
-        mouth_gap=u(0.065, 0.095), mouth_half_width=mouth_half, upper_lip=u(0.017, 0.024) * lip_scale,
+        mouth_gap=u(0.06, 0.1), mouth_half_width=mouth_half, upper_lip=u(0.017, 0.024) * lip_scale,
         lower_lip=u(0.021, 0.03) * lip_scale, lip_colour=lip_colour,
         ear_size=u(0.12, 0.16), ear_out=u(0.025, 0.045),
         hair_style=hair_style, hair_long=bool(hair_long), hair_texture=texture,
-        hair_colour_name=colour_name, hair_colour=hair_colour, hair_volume=hair_volume,
-        hairline=hairline, hair_parting=u(-0.6, 0.6), hair_length=u(0.45, 1.05), hair_phase=u(0, 2 * np.pi),
+        hair_colour_name=colour_name, hair_colour=hair_colour, hair_volume=hair_volume, hair_side_volume=hair_side_volume,
+        hairline=hairline, hair_parting=u(-0.8, 0.8), hair_length=u(0.45, 1.05), hair_phase=u(0, 2 * np.pi),
         moles=moles, scar=scar, beard=beard, mustache=mustache, sideburns=sideburns, stubble=stubble,
         facial_hair_colour=facial_hair_colour, lipstick=lipstick, heavy_makeup=heavy, eyeshadow=eyeshadow,
         rosy_cheeks=rosy, high_cheekbones=cheekbones, bags_under_eyes=bags, wrinkles=not young,
         double_chin=double_chin, chubby=chubby, glasses=glasses, hat=hat, earrings=earrings,
         necklace=necklace, necktie=necktie, neck_width=half_width * (u(0.62, 0.72) if male else u(0.52, 0.6)),
+        neckline=(float(u(0.03, 0.14)), float(u(0.84, 0.9)), float(u(0.74, 0.8))),
     )
 
 

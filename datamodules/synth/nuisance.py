@@ -11,14 +11,14 @@ NOISE_MARGIN = 64
 
 
 def occlude(img: np.ndarray, rng: np.random.Generator, box, difficulty: float) -> bool:
-    """With probability 0.5 * difficulty draw one occluder (bar, block, blob or hand-like ellipse)
+    """With probability 0.3 * difficulty draw one occluder (bar, block, blob or hand-like ellipse)
     over part of the face box. Returns whether one was drawn."""
-    if rng.uniform() >= 0.5 * difficulty:
+    if rng.uniform() >= 0.3 * difficulty:
         return False
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
-    rx, ry = rng.uniform(0.12, 0.35) * w, rng.uniform(0.12, 0.35) * h
+    rx, ry = rng.uniform(0.1, 0.3) * w, rng.uniform(0.1, 0.3) * h
     kind = rng.integers(4)
     colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
     if kind == 0:  # bar across the face
@@ -43,17 +43,17 @@ def relight(img: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.
     if d <= 0:
         return img
     size_y, size_x = img.shape[:2]
-    a = rng.uniform(0, 0.6 * d)
+    a = rng.uniform(0, 0.5 * d)
     angle = rng.uniform(0, 2 * np.pi)
-    cast = np.exp(rng.normal(0, 0.2 * d, 3))
+    cast = np.exp(rng.normal(0, 0.15 * d, 3))
     corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], dtype=np.float64)
     ramp = 1.0 + a * (corners @ np.array([np.cos(angle), np.sin(angle)])) / np.sqrt(2)
     gain = (ramp[:, None] * cast[None, :]).reshape(2, 2, 3).astype(np.float32)
     gain = cv2.resize(gain, (size_x, size_y), interpolation=cv2.INTER_LINEAR)
     img = cv2.multiply(img, gain, dtype=cv2.CV_8U)
-    gamma = np.exp(rng.uniform(-1, 1) * 0.5 * d)
-    contrast = np.exp(rng.uniform(-1, 1) * 0.35 * d)
-    brightness = rng.uniform(-1, 1) * 40 * d
+    gamma = np.exp(rng.uniform(-1, 1) * 0.4 * d)
+    contrast = np.exp(rng.uniform(-1, 1) * 0.3 * d)
+    brightness = rng.uniform(-1, 1) * 30 * d
     v = np.arange(256, dtype=np.float64) / 255.0
     lut = (v ** gamma - 0.5) * contrast * 255.0 + 127.5 + brightness
     return cv2.LUT(img, np.clip(lut, 0, 255).astype(np.uint8))

@@ -37,7 +37,7 @@ class TinyNet(nn.Module):
         self.stages = nn.Sequential(TinyStage(width, 2 * width), TinyStage(2 * width, 4 * width),
                                     TinyStage(4 * width, 8 * width))
         side = image_size // 16
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * width * side * side, embedding_size),
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * width * side * side, embedding_size),
                                   nn.BatchNorm1d(embedding_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""`visage fit` end to end: 2-process DDP, run directory contents, exact resume, NaN stop, fine-tuning."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO
+from trainers.cli import main as visage
+
+EXPERIMENT = "configs/embedder/triplet.yaml"
+
+
+def fast(root: Path) -> list[str]:
+    """A tiny but real run: synthetic faces, P x K batches, a narrow TinyNet."""
+    return ["data.synthetic.identities=40", "data.synthetic.val_identities=12", "data.synthetic.per_identity=6",
+            "data.synthetic.size=32", "data.image_size=32", "data.batch_size=16", "data.sampler.p=4",
+            "data.sampler.k=4", "data.sampler.pool_size=32", "data.shuffle_buffer=0", "data.batches_per_epoch=4", "data.val_pairs=200", "data.num_workers=1",
+            "model.width=8", "model.embedding_size=32", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false", "logging.wandb=disabled", f"run.root={root}"]
+
+
+def single(root: Path) -> list[str]:
+    return fast(root) + ["trainer.devices=1", "trainer.strategy=auto", "model.cross_rank_mining=false"]
+
+
+def csv_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cmd = [sys.executable, "-m", "trainers.cli", "fit", EXPERIMENT, *fast(root), "trainer.devices=2",
+           "trainer.strategy=ddp", "trainer.accelerator=cpu", "logging.wandb=offline", "model.cross_rank_mining=true"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return root / "embedder-triplet" / "local-0", result
+
+
+@pytest.mark.ddp
+def test_ddp_fit_trains_on_two_ranks_and_reports(ddp_run):
+    run_dir, result = ddp_run
+    assert f"run directory: {run_dir}" in result.stdout
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["global_step"] == 8  # 2 epochs x 4 batches per rank
+    assert 0.0 <= summary["metrics"]["val/accuracy"] <= 1.0
+    assert {"val/tar@far=1e-02", "val/rank1", "val/mAP"} <= set(summary["metrics"])
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["trainer"]["devices"] == 2 and config["model"]["cross_rank_mining"] is True
+
+
+@pytest.mark.ddp
+def test_run_directory_holds_checkpoints_pictures_and_logs(ddp_run):
+    run_dir, _ = ddp_run
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain containers only
+    assert last["global_step"] == 8 and isinstance(last["hyper_parameters"]["config"], dict)
+    assert list((run_dir / "checkpoints").glob("best-step*.ckpt"))
+    for name in ("samples", "retrieval", "roc"):
+        image = cv2.imread(str(run_dir / "pictures" / f"{name}-latest.png"))
+        assert image is not None and image.shape[0] > 50
+    rows = csv_rows(run_dir)
+    assert any(r.get("train/loss") for r in rows)
+    assert "data/skipped_undecodable_image" in rows[0]
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))
+    assert not list(run_dir.glob("hpc_ckpt_*"))
+
+
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
+    common = single(tmp_path) + ["trainer.max_epochs=null", "trainer.val_check_interval=2", "optim.scheduler=none"]
+    assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12", "run.id=straight"]) == 0
+    assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=6", "run.id=resumed"]) == 0
+    runs = tmp_path / "embedder-triplet"
+    interrupted = torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert interrupted["global_step"] == 6 and interrupted["epoch"] == 1  # in the middle of epoch 1
+    assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12",
+                   f"run.resume={runs / 'resumed' / 'checkpoints' / 'last.ckpt'}"]) == 0
+    straight = torch.load(runs / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 12
+    for key, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+    def losses(run):
+        return {int(r["step"]): float(r["train/loss"]) for r in csv_rows(runs / run) if r.get("train/loss")}
+
+    after = {s: v for s, v in losses("resumed").items() if s >= 6}
+    assert after and all(abs(losses("straight")[s] - v) < 1e-5 for s, v in after.items())
+
+
+def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, capsys):
+    code = visage(["fit", EXPERIMENT, *single(tmp_path), "optim.name=sgd", "optim.lr=1e30"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "at global step" in err and "training stopped" in err
+
+
+def test_finetune_reports_keys_and_reinitialises_a_changed_head(tmp_path, capsys):
+    assert visage(["fit", EXPERIMENT, *single(tmp_path), "trainer.max_epochs=1", "run.id=base"]) == 0
+    base = tmp_path / "embedder-triplet" / "base" / "checkpoints" / "last.ckpt"
+    assert visage(["fit", EXPERIMENT, *single(tmp_path), "trainer.max_epochs=2", "run.id=tuned",
+                   f"finetune.from={base}", "model.embedding_size=16", "finetune.freeze=[net.stem]",
+                   "finetune.unfreeze_at_epoch=1"]) == 0
+    report = (tmp_path / "embedder-triplet" / "tuned" / "finetune_report.txt").read_text()
+    assert "net.head.1.weight" in report and "mismatch" in report.lower()
+    assert "net.stem.0.weight" not in report.split("mismatch")[-1]
+    tuned = torch.load(tmp_path / "embedder-triplet" / "tuned" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert tuned["state_dict"]["net.head.1.weight"].shape[0] == 16
