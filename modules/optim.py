@@ -1,9 +1,9 @@
 """Optimizers and per-step learning-rate schedules from the ``optim`` config section."""
 from __future__ import annotations
 
-import math
-
 import torch
+
+from modules.schedules import WarmupConstantLambda, WarmupCosineLambda, WarmupPolyLambda
 
 
 def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
@@ -15,22 +15,19 @@ def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Multiplier of the base lr at ``step``: linear warmup, then cosine or polynomial (power 1) decay."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if kind == "none":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+def schedule(kind: str, total_steps: int, warmup_steps: int):
+    """The per-step lr multiplier: linear warm-up, then cosine, polynomial (power 1) or constant."""
+    total_steps = max(total_steps, warmup_steps + 1)
     if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress  # warmup_poly with power 1
+        return WarmupCosineLambda(total_steps, warmup_steps)
+    if kind == "warmup_poly":
+        return WarmupPolyLambda(total_steps, warmup_steps)
+    return WarmupConstantLambda(warmup_steps)
 
 
 def configure_optimizers(module, params, optim: dict) -> dict:
     """Lightning's configure_optimizers result with a per-step schedule over the whole run."""
     optimizer = build_optimizer(params, optim)
-    total = int(module.trainer.estimated_stepping_batches)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, optim["warmup_steps"], optim["scheduler"]))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    multiplier = schedule(optim["scheduler"], int(module.trainer.estimated_stepping_batches), optim["warmup_steps"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

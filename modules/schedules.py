@@ -54,6 +54,26 @@ class WarmupPolyLambda:
         return (1.0 - progress) ** self.power
 
 
+class WarmupCosineLambda(WarmupPolyLambda):
+    """Linear warm-up as above, then half a cosine from 1 to 0 at ``total_steps``."""
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupConstantLambda:
+    """Linear warm-up, then the base learning rate for good."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+
+
 def warmup_poly_lambda(total_steps: int, warmup_steps: int, power: float = 1.0) -> Callable[[int], float]:
     """For ``LambdaLR(optimizer, warmup_poly_lambda(T, W))`` stepped once per iteration."""
     return WarmupPolyLambda(total_steps, warmup_steps, power)

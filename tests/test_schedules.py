@@ -107,3 +107,16 @@ def test_weight_decay_really_skips_no_decay_group():
     for b, a in zip(before[1:], after[1:]):  # linear bias, BN weight, BN bias untouched
         assert torch.equal(a, b)
     assert math.isclose(optimizer.param_groups[1]["weight_decay"], 0.0)
+
+
+def test_cosine_and_constant_schedules_follow_their_formulas():
+    import math
+
+    from modules.schedules import WarmupConstantLambda, WarmupCosineLambda
+    cosine = WarmupCosineLambda(total_steps=110, warmup_steps=10)
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(1.0)
+    assert cosine(60) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine(110) == pytest.approx(0.0, abs=1e-12) and cosine(500) == pytest.approx(0.0, abs=1e-12)
+    constant = WarmupConstantLambda(4)
+    assert [constant(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

@@ -147,7 +147,7 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices if not OmegaConf.is_list(t.devices) else list(t.devices),
         num_nodes=t.num_nodes, strategy=_strategy(t), precision=t.precision, max_epochs=t.max_epochs,
-        max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        max_steps=t.max_steps, max_time=t.max_time, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
         val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps, sync_batchnorm=t.sync_batchnorm,

@@ -23,6 +23,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def _check_cluster(cfg) -> None:

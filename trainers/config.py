@@ -106,6 +106,7 @@ class TrainerConfig:
     precision: str = "32-true"          # 32-true | bf16-mixed | 16-mixed
     max_epochs: Optional[int] = 10
     max_steps: int = -1
+    max_time: Optional[str] = None      # "DD:HH:MM:SS": stop (and checkpoint) after this long
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
     check_val_every_n_epoch: int = 1

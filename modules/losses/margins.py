@@ -52,7 +52,10 @@ def additive_margin_cosine(cosine: torch.Tensor, m1: float, m2: float, m3: float
 
 
 def chebyshev_cos_multiple(cosine: torch.Tensor, m: int) -> torch.Tensor:
-    """cos(m*theta) as the Chebyshev polynomial T_m(cos theta): T_0 = 1, T_1 = x, T_n = 2x T_{n-1} - T_{n-2}."""
+    """cos(m*theta) as the Chebyshev polynomial T_m(cos theta).
+
+    T_0 = 1, T_1 = x, T_n = 2x T_{n-1} - T_{n-2}.
+    """
     previous, current = torch.ones_like(cosine), cosine
     if m == 0:
         return previous

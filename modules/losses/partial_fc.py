@@ -31,6 +31,23 @@ all-gather).
 Checkpoints: ``state_dict()`` holds the FULL C x D weight (gathered; a collective, so call it on every
 rank) and ``load_state_dict()`` takes a full matrix and keeps this rank's slice, at any world size.
 ``gather_full`` and ``local_shard`` do the same for any per-row tensor (optimizer momentum).
+
+Wiring in a LightningModule (DDP strategy)::
+
+    def configure_model(self):            # runs after the process group exists, before DDP wraps
+        if self.classifier is None:
+            self.classifier = PartialFC(512, num_classes, MarginHead("arcface"), sample_rate,
+                                        compensate_ddp_average=True)
+            exclude_partial_fc_from_ddp(self)
+
+    def on_save_checkpoint(self, checkpoint):   # every rank: replace the momentum shard by the full one
+        ...self.classifier.gather_full(momentum)...
+
+    def on_load_checkpoint(self, checkpoint):   # every rank: keep this rank's rows
+        ...self.classifier.local_shard(full_momentum)...
+
+``state_dict()`` is gathered on every rank by Lightning's checkpointing (it dumps on all ranks and
+writes on rank 0). Training-time sampling only: in eval mode every column is used.
 """
 from __future__ import annotations
 
@@ -98,7 +115,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         with torch.no_grad():
             row_max = logits.max(dim=1).values
             _all_reduce_(row_max, dist.ReduceOp.MAX)
-            probs = torch.exp(logits - row_max.unsqueeze(1))
+            probs = (logits - row_max.unsqueeze(1)).exp_()
             exp_sum = _all_reduce_(probs.sum(dim=1), dist.ReduceOp.SUM)
             rows = torch.nonzero(target_columns >= 0).squeeze(1)
             cols = target_columns[rows]
@@ -307,8 +324,9 @@ def exclude_partial_fc_from_ddp(root: nn.Module) -> list[str]:
     """Make torch DDP skip (no broadcast, no gradient averaging) every PartialFC state under ``root``.
 
     Call on the module DDP will wrap (Lightning wraps the LightningModule itself), before wrapping.
-    Returns the excluded names.
+    Names already excluded on ``root`` are kept. Returns every excluded name.
     """
-    names = partial_fc_state_names(root)
+    already = set(getattr(root, "_ddp_params_and_buffers_to_ignore", []))
+    names = sorted(already | set(partial_fc_state_names(root)))
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(root, names)
     return names

@@ -1,0 +1,36 @@
+"""Quality gate: the default embedder run learns identities it never saw, and the data is not trivial."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+EXPERIMENT = "configs/embedder/triplet.yaml"
+
+
+def _visage(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "trainers.cli", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_default_run_verifies_unseen_identities_and_untrained_does_not(tmp_path):
+    common = [f"run.root={tmp_path}", "logging.wandb=disabled", "trainer.enable_progress_bar=false"]
+    # the untrained network (same architecture, same held-out identities) must do poorly
+    _visage("validate", EXPERIMENT, *common, "trainer.devices=1", "trainer.strategy=auto", "run.id=untrained")
+    untrained = json.loads((tmp_path / "embedder-triplet" / "untrained" / "validate_metrics.json").read_text())
+    # the README's main job, capped at 5 minutes of training on 2 CPU processes
+    _visage("fit", EXPERIMENT, *common, "trainer.max_time=00:00:05:00", "run.id=trained")
+    trained = json.loads((tmp_path / "embedder-triplet" / "trained" / "metrics.json").read_text())
+    print(f"untrained accuracy {untrained['val/accuracy']:.4f}, trained {trained['metrics']['val/accuracy']:.4f} "
+          f"after {trained['global_step']} steps")
+    assert untrained["val/accuracy"] <= 0.75
+    assert trained["world_size"] == 2
+    assert trained["metrics"]["val/accuracy"] >= 0.90
