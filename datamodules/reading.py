@@ -28,6 +28,9 @@ from webdataset.tariterators import tarfile_samples
 from datamodules.schema import IMAGE_EXTENSIONS, SampleError, validate_annotation
 
 log = logging.getLogger(__name__)
+# Decoding small images gains nothing from OpenCV's thread pool, and loader workers run in parallel
+# already. Set before any worker forks: changing it inside a forked worker can deadlock.
+cv2.setNumThreads(1)
 
 BAD_SAMPLE_KINDS = ("undecodable_image", "bad_json", "missing_field", "bad_shape", "empty_shard",
                     "truncated_shard", "transform_failed")
@@ -212,12 +215,6 @@ class PlainBatcher:
                 batch = []
 
 
-def init_loader_worker(worker_id: int) -> None:
-    """One thread per loader worker: the workers already run in parallel with the training ranks."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 class EpochLoader:
     """Cuts a rank's endless ``ShardStream`` into epochs of exactly ``batches_per_epoch`` batches.
 
@@ -246,8 +243,7 @@ class EpochLoader:
             self.dataset.epoch = epoch
             workers = self.num_workers
             self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers,
-                                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                      worker_init_fn=init_loader_worker if workers else None)
+                                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
         self._loader_next_epoch = epoch + 1
         return self._loader
 

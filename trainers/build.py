@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.strategies import DDPStrategy
 
+from slurm.requeue import RequeueAtStepBoundary
 from trainers.callbacks import BadDataReport, Pictures, SlurmBookkeeping, ValidationMetricsToDict
 from trainers.config import to_plain
 from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
@@ -105,8 +106,17 @@ def _strategy(trainer: DictConfig):
                        timeout=timedelta(seconds=trainer.ddp_timeout_s))
 
 
+def csv_version(run_dir: Path) -> str:
+    """``csv`` for a new run, ``csv-1``, ``csv-2``... for each resumption (Lightning's CSV logger would
+    overwrite the earlier file); the curve is their concatenation."""
+    if not (run_dir / "csv" / "metrics.csv").exists():
+        return "csv"
+    taken = {p.name for p in run_dir.glob("csv-*")}
+    return next(f"csv-{k}" for k in range(1, 10_000) if f"csv-{k}" not in taken)
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="csv")]
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_version(run_dir))]
     mode = cfg.logging.wandb
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
         log.warning("logging.wandb=online but WANDB_API_KEY is not set: logging offline instead")
@@ -136,11 +146,15 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     module = build_module(config)
     datamodule = build_datamodule(config)
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-step{step:06d}",
-                                 monitor=module.monitor, mode="max", save_top_k=1, save_last=True,
-                                 auto_insert_metric_name=False)
+                                 monitor=module.monitor, mode="max", save_top_k=1, auto_insert_metric_name=False)
+    # Lightning 2.6's save_last only writes when a best checkpoint was written: keep our own last.ckpt,
+    # replaced at every validation (no -v1 copies when a resumed run writes into the same folder)
+    last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
+                           enable_version_counter=False)
     metrics = ValidationMetricsToDict()
-    callbacks = [checkpoint, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
-                 SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))), *extra_callbacks]
+    callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
+                 SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
+                 RequeueAtStepBoundary(), *extra_callbacks]
     if cfg.logging.pictures:
         callbacks.append(Pictures(run_dir, cfg.logging.picture_samples))
     t = cfg.trainer

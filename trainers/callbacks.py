@@ -55,9 +55,13 @@ class SlurmBookkeeping(pl.Callback):
             log.info("SLURM restart %d: resumed at global step %d", self.restart_count, trainer.global_step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and not trainer.interrupted:
+        if trainer.interrupted:
+            return
+        if trainer.is_global_zero:
             for stale in self.run_dir.glob("hpc_ckpt_*.ckpt"):
                 stale.unlink()
+        # no rank may look for them (Lightning's SLURM resume does, in a later validate) mid-deletion
+        trainer.strategy.barrier("visage-hpc-cleanup")
 
 
 class Pictures(pl.Callback):

@@ -55,15 +55,15 @@ def _load_finetune_weights(cfg, run) -> None:
 
 
 def cmd_fit(args) -> int:
-    from trainers.build import build_run, choose_run_dir_and_checkpoint, prepare_run_dir, write_metrics  # noqa: PLC0415
-
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         from omegaconf import OmegaConf  # noqa: PLC0415
 
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
-    _check_cluster(cfg)
+    _check_cluster(cfg)  # before torch and Lightning are even imported: a bad allocation fails in seconds
+    from trainers.build import build_run, choose_run_dir_and_checkpoint, prepare_run_dir, write_metrics  # noqa: PLC0415
+
     run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
     prepare_run_dir(cfg, run_dir)
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
@@ -71,6 +71,10 @@ def cmd_fit(args) -> int:
     run.datamodule.prepare_data()
     _load_finetune_weights(cfg, run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
+    if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
+        print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
+              f"run.resume={run_dir / 'checkpoints' / 'last.ckpt'} (under SLURM: scontrol requeue)", file=sys.stderr)
+        return 3
     final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     if run.trainer.is_global_zero:
         metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
@@ -89,11 +93,11 @@ def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
 
 def cmd_evaluate(args) -> int:
     """validate | test | predict a checkpoint with a config (the run directory of the checkpoint)."""
+    cfg = load_config(args.config, args.overrides)
+    _check_cluster(cfg)
     from trainers.build import build_run, prepare_run_dir  # noqa: PLC0415
     from trainers.run_dir import resolve_run_dir  # noqa: PLC0415
 
-    cfg = load_config(args.config, args.overrides)
-    _check_cluster(cfg)
     ckpt = args.ckpt
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"--ckpt: checkpoint {ckpt} does not exist")
@@ -181,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visage: config error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # errors with a clear message of their own: no traceback noise
-        from modules.guards import NonFiniteLossError  # noqa: PLC0415
-
-        if isinstance(err, NonFiniteLossError) or type(err).__name__ in ("AllocationError", "ShardIndexError"):
+        if type(err).__name__ in ("NonFiniteLossError", "AllocationError", "ShardIndexError", "ProfileError",
+                                  "SubmitError", "LabelError"):
             print(f"visage: error: {err}", file=sys.stderr)
             return 1
         raise
