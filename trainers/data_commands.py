@@ -22,6 +22,22 @@ def add_data_parser(sub) -> None:
     faces.add_argument("--shard-size", type=int, default=1000)
     faces.set_defaults(func=run)
 
+    convert = data_sub.add_parser("convert", help="convert an official dataset format to shards")
+    convert.add_argument("format", choices=("recordio", "folders"),
+                         help="recordio: insightface train.rec + train.idx; folders: root/<identity>/*.jpg")
+    convert.add_argument("source", help="folder holding train.rec/train.idx, a .rec path, or the folder tree")
+    convert.add_argument("--out", required=True, help="dataset folder (the split goes in OUT/SPLIT)")
+    convert.add_argument("--split", default="train")
+    convert.add_argument("--shard-size", type=int, default=1000)
+    convert.set_defaults(func=run)
+
+    pairs = data_sub.add_parser("pairs", help="write an insightface .bin verification set from a split")
+    pairs.add_argument("split", help="a split folder holding index.json")
+    pairs.add_argument("--out", required=True, help="the .bin file to write")
+    pairs.add_argument("--pairs", type=int, default=6000)
+    pairs.add_argument("--seed", type=int, default=0)
+    pairs.set_defaults(func=run)
+
     inspect = data_sub.add_parser("inspect", help="summarise a split and count bad samples")
     inspect.add_argument("split", help="a split folder holding index.json")
     inspect.set_defaults(func=run)
@@ -36,6 +52,20 @@ def run(args: argparse.Namespace) -> int:
                 "seed": args.seed, "shard_size": args.shard_size}
         root = ensure_synthetic_faces(Path(args.out), spec)
         print(f"wrote {root}/train and {root}/val")
+        return 0
+    if args.data_command == "convert":
+        if args.format == "recordio":
+            from datamodules.converters.recordio import convert_recordio as convert  # noqa: PLC0415
+        else:
+            from datamodules.converters.folders import convert_folders as convert  # noqa: PLC0415
+        index = convert(args.source, args.out, split=args.split, max_samples=args.shard_size, split_on="identity")
+        print(f"wrote {index}")
+        return 0
+    if args.data_command == "pairs":
+        from datamodules.converters.verification_bin import verification_pairs_from_split  # noqa: PLC0415
+
+        verification_pairs_from_split(args.split, args.pairs, seed=args.seed, out_path=args.out)
+        print(f"wrote {args.out}")
         return 0
     if args.data_command == "inspect":
         return inspect_split(Path(args.split))
