@@ -96,8 +96,9 @@ def test_requeue_signal_checkpoints_requeues_and_resumes_without_losing_steps(sl
     assert state == "COMPLETED", job_logs(run_dir)
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert (summary["global_step"], summary["restart_count"], summary["world_size"]) == (max_steps, 1, 2)
-    # Lightning's CSVLogger restarts the file on resume; a log that keeps both parts is fine too
-    assert train_rows(run_dir / "csv" / "metrics.csv") in (list(range(step, max_steps)), list(range(max_steps)))
+    # the resumed run logs into csv-1: together the two logs are one curve without gaps or repeats
+    assert train_rows(run_dir / "csv" / "metrics.csv") == list(range(step))
+    assert train_rows(run_dir / "csv-1" / "metrics.csv") == list(range(step, max_steps))
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt")), "a completed run must not leave hpc checkpoints"
     out = (run_dir / "slurm.out").read_text()
     assert f"visage: job {job} restart 0" in out and f"visage: job {job} restart 1" in out
