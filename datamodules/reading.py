@@ -71,8 +71,9 @@ class DecodedSample:
     annotation: dict
 
 
-def decode_sample(raw: dict, required: tuple[str, ...]) -> DecodedSample:
-    """Turn a raw webdataset record into an image array and a validated annotation."""
+def decode_sample(raw: dict, required: tuple[str, ...], check_all: bool = False) -> DecodedSample:
+    """Turn a raw webdataset record into an image array and an annotation whose ``required`` fields
+    are validated (every field with ``check_all``)."""
     key = raw.get("__key__", "?")
     if "json" not in raw:
         raise SampleError("missing_field", f"sample {key!r} has no json annotation")
@@ -81,7 +82,7 @@ def decode_sample(raw: dict, required: tuple[str, ...]) -> DecodedSample:
     except (ValueError, UnicodeDecodeError) as err:
         raise SampleError("bad_json", f"sample {key!r}: annotation is not valid JSON ({err})") from None
     try:
-        validate_annotation(annotation, required)
+        validate_annotation(annotation, required, only=None if check_all else required)
     except SampleError as err:
         raise SampleError(err.kind, f"sample {key!r}: {err}") from None
     data = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
@@ -243,7 +244,7 @@ class EpochLoader:
             self.dataset.epoch = epoch
             workers = self.num_workers
             self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers,
-                                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                                      persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
         self._loader_next_epoch = epoch + 1
         return self._loader
 

@@ -56,13 +56,19 @@ def _numbers(value: Any, shape: tuple[int | None, ...], field: str) -> None:
         _numbers(item, shape[1:], field)
 
 
-def validate_annotation(ann: Any, required: tuple[str, ...] = ()) -> dict:
-    """Raise SampleError unless ``ann`` follows the schema and holds every ``required`` field."""
+def validate_annotation(ann: Any, required: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> dict:
+    """Raise SampleError unless ``ann`` follows the schema and holds every ``required`` field.
+
+    ``only`` limits the checks to those fields: training reads check what the task uses (the
+    writer already checked everything), which keeps validation off the data loader's hot path.
+    """
     if not isinstance(ann, dict):
         raise SampleError("bad_json", f"annotation must be a JSON object, got {type(ann).__name__}")
     for name in required:
         if name not in ann:
             raise SampleError("missing_field", f"annotation lacks required field {name!r}")
+    if only is not None:
+        ann = {name: ann[name] for name in only if name in ann}
     if "identity" in ann:
         identity = ann["identity"]
         if isinstance(identity, bool) or not isinstance(identity, int) or identity < 0:

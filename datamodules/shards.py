@@ -85,7 +85,8 @@ class ShardWriter:
         self._close_shard()
         name = SHARD_PATTERN.format(len(self._shards))
         self._shards.append({"name": name, "samples": 0})
-        self._writer = wds.TarWriter(str(self.directory / name))
+        # a fixed integer mtime: no PAX header per member (faster reads), byte-reproducible shards
+        self._writer = wds.TarWriter(str(self.directory / name), mtime=0)
 
     def _close_shard(self) -> None:
         if self._writer is not None:

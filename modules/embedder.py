@@ -58,8 +58,9 @@ class TripletEmbedder(pl.LightningModule):
         loss = self.loss_fn(embeddings, labels)
         stop_if_not_finite(self, loss)
         self.log("train/loss", loss, prog_bar=True)
-        for name, value in self.loss_fn.last_stats.as_dict().items():
-            self.log(f"train/{name}", value)
+        if batch_idx % self.trainer.log_every_n_steps == 0:  # mining statistics cost a few ms a call
+            for name, value in self.loss_fn.last_stats.as_dict().items():
+                self.log(f"train/{name}", float(value))
         return loss * scale
 
     # -- evaluation ----------------------------------------------------------------------------

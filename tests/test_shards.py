@@ -80,7 +80,8 @@ def _write_bad_split(root):
         {"__key__": "not_an_image", "jpg": b"hello", "json": ok},
         {"__key__": "bad_json", "jpg": good, "json": b"{identity: "},
         {"__key__": "no_identity", "jpg": good, "json": json.dumps({"box": [0, 0, 5, 5]}).encode()},
-        {"__key__": "wrong_shape", "jpg": good, "json": json.dumps({"identity": 1, "box": [1, 2]}).encode()},
+        {"__key__": "wrong_shape", "jpg": good, "json": json.dumps({"identity": [1, 2]}).encode()},
+        {"__key__": "unused_field_wrong", "jpg": good, "json": json.dumps({"identity": 1, "box": [1, 2]}).encode()},
         {"__key__": "no_image", "json": ok},
     ])
     shard("shard-000001.tar", [])  # empty shard
@@ -100,8 +101,9 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path):
     memory = MemorySplit(read_index(split).shards, lambda s: {"key": s.key}, ("identity",))
     counts = counts_to_dict(memory.bad_samples)
     keys = [memory[i]["key"] for i in range(len(memory))]
-    assert keys[:4] == [f"good{i}" for i in range(4)]
-    assert all(k.startswith("cut") for k in keys[4:]) and len(keys) >= 5  # the readable part of the cut tar
+    # a task reading identities uses a sample whose unused box is malformed; `data inspect` flags it
+    assert keys[:5] == [f"good{i}" for i in range(4)] + ["unused_field_wrong"]
+    assert all(k.startswith("cut") for k in keys[5:]) and len(keys) >= 6  # the readable part of the cut tar
     assert counts["undecodable_image"] == 2          # truncated JPEG + not an image
     assert counts["bad_json"] == 1
     assert counts["missing_field"] == 2              # no identity + no image
@@ -116,7 +118,7 @@ def test_training_stream_survives_bad_data_and_reports_it(tmp_path):
     loader = EpochLoader(stream, batches_per_epoch=6, num_workers=0)
     batches = list(loader)
     assert len(batches) == 6
-    assert all(k.startswith(("good", "cut")) for b in batches for k in b["key"])
+    assert all(k.startswith(("good", "cut", "unused")) for b in batches for k in b["key"])
     counts = counts_to_dict(loader.bad_samples)
     assert sum(counts.values()) > 0
     assert set(k for k, v in counts.items() if v) <= set(BAD_SAMPLE_KINDS)
@@ -127,7 +129,7 @@ def test_inspect_command_counts_bad_samples(tmp_path, capsys):
     split = _write_bad_split(tmp_path)
     assert inspect_split(split) == 1
     out = capsys.readouterr().out
-    assert "bad_json" in out and "empty_shard" in out
+    assert "bad_json" in out and "empty_shard" in out and "'bad_shape': 2" in out
 
 
 def test_rank_shards_are_disjoint_and_cover_everything():

@@ -82,7 +82,7 @@ def inspect_split(split: Path) -> int:
     for url, expected in index.shards:
         for raw in read_shard(url, counter, expected):
             try:
-                decode_sample(raw, ())
+                decode_sample(raw, (), check_all=True)
                 good += 1
             except SampleError as err:
                 counter.add(err.kind, str(err))
