@@ -39,8 +39,9 @@ def draw_background(rng: np.random.Generator, size: int, difficulty: float) -> n
             cv2.circle(img, (int(x), int(y)), int(r), colour, -1, AA)
         elif kind == 2:
             a = rng.uniform(0, np.pi)
-            cv2.line(img, (int(x - r * np.cos(a)), int(y - r * np.sin(a))), (int(x + r * np.cos(a)), int(y + r * np.sin(a))),
-                     colour, max(1, int(rng.uniform(0.01, 0.05) * size)), AA)
+            dx, dy = r * np.cos(a), r * np.sin(a)
+            cv2.line(img, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), colour,
+                     max(1, int(rng.uniform(0.01, 0.05) * size)), AA)
         else:
             pts = (np.array([x, y]) + rng.uniform(-r, r, (3, 2))).astype(np.int32)
             cv2.fillPoly(img, [pts], colour, AA)

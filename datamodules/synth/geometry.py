@@ -35,6 +35,7 @@ BROW_ARCH = np.sin(math.pi * T21 ** 0.65) ** 1.5
 LOWER_S = 1.0 - (1.0 - np.linspace(0.0, 1.0, 40)) ** 1.6  # denser near the chin, where the outline turns
 UPPER_PSI = np.linspace(0.0, math.pi, 28)
 CONTOUR_FRACTIONS = np.linspace(0.0, 1.0, 17)
+WIDTH_GRID = np.linspace(-0.5, 0.5, 501)
 U_OUT = np.array([-1, -0.8, -0.6, -0.44, -0.28, -0.14, 0, 0.14, 0.28, 0.44, 0.6, 0.8, 1.0])
 U_IN = np.array([-0.85, -0.64, -0.42, -0.21, 0.0, 0.21, 0.42, 0.64, 0.85])
 LIP_BOW = np.sqrt(1 - U_OUT ** 2) * (1.0 - 0.25 * np.exp(-(U_OUT / 0.13) ** 2))  # Cupid's bow dip
@@ -43,6 +44,24 @@ POUT_OUT = 0.035 * (1 - U_OUT ** 2)
 POUT_IN = 0.03 * (1 - U_IN ** 2)
 OPEN_OUT = np.maximum(1.0 - (U_OUT / 0.85) ** 2, 0.0)
 OPEN_IN = np.maximum(1.0 - (U_IN / 0.85) ** 2, 0.0)
+# Rows of landmarks inside the polygons that carry them (see add_eyes, add_brows, add_mouth).
+# Eyes: 16 rows per eye (upper lid t = 0..1 in 9 rows, then the lower lid t = 7/8..1/8).
+# 60 outer corner, 61-63 upper lid, 64 inner corner, 65-67 lower lid back to the outer corner;
+# 68 inner corner, 69-71 upper lid, 72 outer corner, 73-75 lower lid back to the inner corner.
+EYE_ROWS = np.array([0, 2, 4, 6, 8, 10, 12, 14, 16 + 8, 16 + 6, 16 + 4, 16 + 2, 16, 16 + 14, 16 + 12, 16 + 10])
+# Brows: 42 rows per brow (upper edge tail -> head at t = k/20, then lower edge head -> tail at
+# t = 1 - k/20). 33 tail .. 37 head, 38-41 lower edge head -> tail; 42 head .. 46 tail, 47-50
+# lower edge tail -> head.
+BROW_ROWS = np.array([0, 5, 10, 15, 20, 25, 29, 33, 37, 42 + 20, 42 + 15, 42 + 10, 42 + 5, 42, 42 + 37, 42 + 33,
+                      42 + 29, 42 + 25])
+UPPER_OUTER_ROWS = np.array([0, 2, 4, 6, 8, 10, 12])
+LOWER_OUTER_ROWS = np.array([1, 3, 5, 7, 9])
+UPPER_INNER_ROWS = np.array([0, 2, 4, 6, 8])
+
+
+def _twice(a: np.ndarray) -> np.ndarray:
+    """``a`` repeated for the second of a left/right pair."""
+    return np.concatenate([a, a])
 
 
 @lru_cache(maxsize=None)
@@ -85,7 +104,8 @@ def project(points: np.ndarray, pose: Pose, yaw_factor: float = 1.0) -> np.ndarr
 class Head:
     """The head surface of one identity: outline half width w(y), slice depth and centre."""
 
-    def __init__(self, p: IdentityParams):
+    def __init__(self, p: IdentityParams, width_table: np.ndarray | None = None):
+        self.width_table = width_table  # w(y) sampled on WIDTH_GRID, for fast lookups
         self.W = p.face_half_width
         self.jaw = p.jaw_exponent
         self.chin = p.chin_exponent
@@ -96,12 +116,16 @@ class Head:
         self.lower = 0.5 - self.split
 
     def half_width(self, y):
+        """w(y): superellipse |x/W|^jaw-ish jaw below the contour start, ellipse-like forehead above."""
         y = np.asarray(y, dtype=float)
-        v = np.minimum(np.maximum((y - self.split) / self.lower, 0.0), 1.0)
-        u = np.minimum(np.maximum((self.split - y) / self.upper, 0.0), 1.0)
-        lower = self.W * (1.0 - v ** self.jaw) ** (1.0 / self.chin)
-        upper = self.W * (1.0 - u ** FOREHEAD_EXPONENT) ** (1.0 / FOREHEAD_EXPONENT)
-        return np.where(y >= self.split, lower, upper)
+        w = np.empty_like(y)
+        below = y >= self.split
+        v = np.minimum((y[below] - self.split) / self.lower, 1.0)
+        w[below] = self.W * (1.0 - v ** self.jaw) ** (1.0 / self.chin)
+        above = ~below
+        u = np.minimum((self.split - y[above]) / self.upper, 1.0)
+        w[above] = self.W * (1.0 - u ** FOREHEAD_EXPONENT) ** (1.0 / FOREHEAD_EXPONENT)
+        return w
 
     def width_at(self, y: float) -> float:
         return float(self.half_width(np.array([y]))[0])
@@ -110,9 +134,23 @@ class Head:
         ratio = w / self.W
         return self.depth * ratio, self.forward * self.depth * np.maximum(1.0 - ratio, 0.0)
 
+    def rim_xz(self, w: np.ndarray, side: np.ndarray, cos: float, sin: float) -> tuple[np.ndarray, np.ndarray]:
+        """(x, z) of the silhouette point of slices of half width ``w`` on ``side`` (-1 left, +1 right)
+        for a head turned by the yaw whose cosine and sine are given: the slice point whose tangent
+        runs along the view direction, x cos + (z - z_c) sin = side sqrt(w^2 cos^2 + d^2 sin^2)."""
+        d, zc = self.slice(w)
+        s = np.sqrt((w * cos) ** 2 + (d * sin) ** 2) + 1e-12
+        return side * w * w * cos / s, zc + side * d * d * sin / s
+
+    def tabulate(self) -> np.ndarray:
+        return self.half_width(WIDTH_GRID)
+
     def surface_z(self, x: np.ndarray, y: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """Depth of the face surface above canonical (x, y), plus ``dz``."""
-        w = self.half_width(y)
+        if self.width_table is None:
+            w = self.half_width(y)
+        else:  # linear interpolation in a table of 501 heights: far below a pixel at any size used
+            w = np.interp(y, WIDTH_GRID, self.width_table)
         d, zc = self.slice(w)
         r = np.minimum(np.maximum(x / np.maximum(w, 1e-9), -1.0), 1.0)
         return zc + d * np.sqrt(1.0 - r * r) + dz
@@ -135,15 +173,17 @@ class Head:
 
 @dataclass(frozen=True)
 class ShapeTemplate:
-    """A frozen ``Shapes`` buffer (canonical requests, parts, landmark rows) to start others from."""
+    """A frozen ``Shapes`` buffer to start others from: its points resolved in 3-D except the
+    silhouette points, which depend on the yaw and are kept as (w, side) requests."""
 
-    x: np.ndarray
-    y: np.ndarray
-    a: np.ndarray
-    kind: np.ndarray
+    points: np.ndarray  # (N, 3); rows listed in rim_rows are recomputed for every yaw
+    rim_rows: np.ndarray
+    rim_w: np.ndarray
+    rim_side: np.ndarray
     parts: dict
     landmark_rows: np.ndarray
     landmark_set: np.ndarray  # which landmark rows the template defines
+    width_table: np.ndarray  # the head's w(y) on WIDTH_GRID
 
 
 class Shapes:
@@ -153,35 +193,26 @@ class Shapes:
 
     def __init__(self, head: Head | None, template: ShapeTemplate | None = None):
         self.head = head
+        self.template = template
         self._x, self._y, self._a, self._kinds, self._lens = [], [], [], [], []
         self.n = 0
         self.parts: dict[str, list[tuple[int, int]]] = {}
         self.landmark_rows = np.zeros(NUM_LANDMARKS, dtype=np.int64)
         self.landmark_set = np.zeros(NUM_LANDMARKS, dtype=bool)
-        self._template_kind = None
         if template is not None:
-            self._x.append(template.x)
-            self._y.append(template.y)
-            self._a.append(template.a)
-            self._template_kind = template.kind
-            self.n = len(template.x)
+            self.n = len(template.points)
             self.parts = {name: list(spans) for name, spans in template.parts.items()}
             self.landmark_rows[:] = template.landmark_rows
             self.landmark_set[:] = template.landmark_set
 
     def freeze(self) -> ShapeTemplate:
-        """Freeze the buffer; surface points become fixed 3-D points (their depth does not depend on
-        the yaw), silhouette points stay requests."""
-        x, y, a, kind = np.concatenate(self._x), np.concatenate(self._y), np.concatenate(self._a), self._kind_array()
-        surface = kind == SURFACE
-        a = np.where(surface, self.head.surface_z(x, y, a), a) if self.head is not None else a
-        kind = np.where(surface, FIXED, kind).astype(np.int8)
-        return ShapeTemplate(x, y, a, kind, {k: tuple(v) for k, v in self.parts.items()},
-                             self.landmark_rows.copy(), self.landmark_set.copy())
-
-    def _kind_array(self) -> np.ndarray:
+        """Resolve everything that does not depend on the yaw, once (only for a buffer without template)."""
+        assert self.template is None and self.head is not None
+        x, y, a = np.concatenate(self._x), np.concatenate(self._y), np.concatenate(self._a)
         kind = np.repeat(np.array(self._kinds, dtype=np.int8), self._lens)
-        return kind if self._template_kind is None else np.concatenate([self._template_kind, kind])
+        rim = np.flatnonzero(kind == RIM)
+        return ShapeTemplate(self.resolve(0.0), rim, x[rim], a[rim], {k: tuple(v) for k, v in self.parts.items()},
+                             self.landmark_rows.copy(), self.landmark_set.copy(), self.head.tabulate())
 
     def _add(self, x, y, a, kind: int) -> int:
         x = np.asarray(x, dtype=float).ravel()
@@ -225,26 +256,28 @@ class Shapes:
 
     def resolve(self, yaw_deg: float = 0.0) -> np.ndarray:
         """Every requested point in 3-D; silhouettes are taken for a head turned by ``yaw_deg``."""
-        if not self._x:
-            return np.zeros((0, 3))
-        x, y, a = np.concatenate(self._x), np.concatenate(self._y), np.concatenate(self._a)
-        kind = self._kind_array()
-        out = np.empty((self.n, 3))
-        out[:, 1] = y
-        if self.head is None:
-            out[:, 0], out[:, 2] = x, a
-            return out
-        h = self.head
-        surface = kind == SURFACE
-        z_surface = np.zeros(self.n)
-        z_surface[surface] = h.surface_z(x[surface], y[surface], a[surface])
         cos, sin = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
-        d_rim, zc_rim = h.slice(x)
-        s = np.sqrt((x * cos) ** 2 + (d_rim * sin) ** 2) + 1e-12
-        rim = kind == RIM
-        out[:, 0] = np.where(rim, a * x * x * cos / s, x)
-        out[:, 2] = np.where(rim, zc_rim + a * d_rim * d_rim * sin / s, np.where(surface, z_surface, a))
-        return out
+        blocks = []
+        if self.template is not None:
+            t = self.template
+            points = t.points.copy()
+            points[t.rim_rows, 0], points[t.rim_rows, 2] = self.head.rim_xz(t.rim_w, t.rim_side, cos, sin)
+            blocks.append(points)
+        if self._x:
+            x, y, a = np.concatenate(self._x), np.concatenate(self._y), np.concatenate(self._a)
+            out = np.empty((len(x), 3))
+            out[:, 0], out[:, 1], out[:, 2] = x, y, a  # fixed points as they are
+            if self.head is not None:
+                kind = np.repeat(np.array(self._kinds, dtype=np.int8), self._lens)
+                surface = kind == SURFACE
+                if surface.all():  # the usual case for expression parts
+                    out[:, 2] = self.head.surface_z(x, y, a)
+                else:
+                    out[surface, 2] = self.head.surface_z(x[surface], y[surface], a[surface])
+                    rim = kind == RIM
+                    out[rim, 0], out[rim, 2] = self.head.rim_xz(x[rim], a[rim], cos, sin)
+            blocks.append(out)
+        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0] if blocks else np.zeros((0, 3))
 
 
 def _arc_positions(w: np.ndarray, y: np.ndarray, fractions: np.ndarray):
@@ -260,7 +293,7 @@ class FaceGeometry:
 
     def __init__(self, p: IdentityParams, expr: Expression, template: ShapeTemplate | None = None):
         self.p, self.expr = p, expr
-        self.head = Head(p)
+        self.head = Head(p, template.width_table if template is not None else None)
         self.shapes = Shapes(self.head, template)
         self.brow_y = p.eye_y - p.brow_gap
         self._nose_mouth_levels()
@@ -278,6 +311,7 @@ class FaceGeometry:
         return self._lower_outline[1]
 
     def _nose_mouth_levels(self):
+        """Heights of the nose base and mouth, mouth width and the outer lip curves for this expression."""
         p, e = self.p, self.expr
         self.nose_base_y = p.eye_y + p.nose_length
         self.mouth_y = self.nose_base_y + p.mouth_gap
@@ -316,49 +350,41 @@ class FaceGeometry:
         lower_open = 0.5 * p.eye_open * (1.0 - 0.15 * e.smile)
         r_iris = p.iris_ratio * p.eye_half_width
         cover = r_iris + 0.012
-        cx = SIDES * p.eye_spacing
-        xs = cx + SIDES * p.eye_half_width * (1.0 - 2.0 * T9)  # outer corner (t = 0) to inner corner (t = 1)
-        base = p.eye_y - p.eye_tilt + 1.4 * p.eye_tilt * T9
-        upper_y = np.tile(base - opening * np.sin(math.pi * T9 ** p.lid_shape) ** 0.9, (2, 1))
-        lower_y = np.tile(base + lower_open * SIN_T9, (2, 1))
+        xs = SIDES * (p.eye_spacing + p.eye_half_width * (1.0 - 2.0 * T9))  # outer corner (t = 0) -> inner (t = 1)
         back = xs[:, ::-1]
+        base = p.eye_y - p.eye_tilt + 1.4 * p.eye_tilt * T9
+        upper_y = base - opening * np.sin(math.pi * T9 ** p.lid_shape) ** 0.9
+        lower_y = base + lower_open * SIN_T9
         # eye opening: upper lid outer -> inner corner, lower lid back (t = 7/8 .. 1/8)
-        eye = sh.mark()
-        sh.surface(np.hstack([xs, xs[:, -2:0:-1]]), np.hstack([upper_y, lower_y[:, -2:0:-1]]), -0.005)
-        sh.close_split("eyes", eye, 2)
+        eye = sh.surface(np.concatenate([xs, xs[:, 7:0:-1]], 1), _twice(np.concatenate([upper_y, lower_y[7:0:-1]])),
+                         -0.005)
+        sh.parts["eyes"] = [(eye, eye + 16), (eye + 16, eye + 32)]
         sh.parts["lids_upper"] = [(eye, eye + 9), (eye + 16, eye + 25)]
-        ix = cx[:, 0] + e.gaze[0] * 0.3 * p.eye_half_width
+        ix = SIDES[:, 0] * p.eye_spacing + e.gaze[0] * 0.3 * p.eye_half_width
         iy = p.eye_y - 0.2 * opening + e.gaze[1] * 0.2 * p.eye_open
         for name, n, dx, dy, r, dz in (("irises", 14, 0.0, 0.0, 1.0, 0.0), ("pupils", 10, 0.0, 0.0, 0.42, 0.001),
                                        ("glints", 6, 0.3, -0.35, 0.18, 0.002)):
             c, s_ = unit_circle(n)
-            start = sh.mark()
-            sh.surface(ix[:, None] + r_iris * (dx + r * c), iy + r_iris * (dy + r * s_) + np.zeros((2, 1)), dz)
-            sh.close_split(name, start, 2)
-        centres = sh.surface(ix, iy + np.zeros(2), 0.001)
+            start = sh.surface(ix[:, None] + r_iris * (dx + r * c), _twice(iy + r_iris * (dy + r * s_)), dz)
+            sh.parts[name] = [(start, start + n), (start + n, start + 2 * n)]
+        centres = sh.surface(ix, np.array([iy, iy]), 0.001)
         # skin above the upper lid and below the lower lid hides the iris outside the opening
-        start = sh.mark()
-        sh.surface(np.hstack([xs, back, xs, back]),
-                   np.hstack([upper_y, (upper_y - cover)[:, ::-1], lower_y, (lower_y + cover)[:, ::-1]]))
-        sh.close_split("eye_masks", start, 4)
+        masks_y = np.concatenate([upper_y, upper_y[::-1] - cover, lower_y, lower_y[::-1] + cover])
+        start = sh.surface(np.concatenate([xs, back, xs, back], 1), _twice(masks_y))
+        sh.parts["eye_masks"] = [(start + 18 * k, start + 18 * (k + 1)) for k in (0, 2, 1, 3)]
         if p.heavy_makeup:
-            start = sh.mark()
-            sh.surface(np.hstack([xs, back]), np.hstack([upper_y, (upper_y - 0.35 * opening - 0.018 * SIN_T9)[:, ::-1]]))
-            sh.close_split("eye_shadows", start, 2)
-        start = sh.mark()
-        sh.surface(xs, lower_y, -0.005)
-        sh.close_split("lids_lower", start, 2)
+            shadow_y = np.concatenate([upper_y, (upper_y - 0.35 * opening - 0.018 * SIN_T9)[::-1]])
+            start = sh.surface(np.concatenate([xs, back], 1), _twice(shadow_y))
+            sh.parts["eye_shadows"] = [(start, start + 18), (start + 18, start + 36)]
+        start = sh.surface(xs, _twice(lower_y), -0.005)
+        sh.parts["lids_lower"] = [(start, start + 9), (start + 9, start + 18)]
         if p.bags_under_eyes:
-            start = sh.mark()
-            sh.surface(xs[:, 2:8], lower_y[:, 2:8] + 0.022 + 0.01 * SIN_T9[2:8])
-            sh.close_split("bags", start, 2)
+            start = sh.surface(xs[:, 2:8], _twice(lower_y[2:8] + 0.022 + 0.01 * SIN_T9[2:8]))
+            sh.parts["bags"] = [(start, start + 6), (start + 6, start + 12)]
         # 60 outer corner, 61-63 upper lid, 64 inner corner, 65-67 lower lid back to the outer corner;
         # 68 inner corner, 69-71 upper lid, 72 outer corner, 73-75 lower lid back to the inner corner
-        self.landmark(slice(60, 65), eye + np.array([0, 2, 4, 6, 8]))
-        self.landmark(slice(65, 68), eye + 9 + np.array([1, 3, 5]))
-        self.landmark(slice(68, 73), eye + 16 + np.array([8, 6, 4, 2, 0]))
-        self.landmark(slice(73, 76), eye + 25 + np.array([5, 3, 1]))
-        self.landmark(slice(96, 98), np.array([centres, centres + 1]))
+        self.landmark(slice(60, 76), eye + EYE_ROWS)
+        self.landmark(slice(96, 98), centres + np.arange(2))
 
     # --- brows: WFLW 33-41 (image-left), 42-50 (image-right) ---------------------------------------
     def add_brows(self):
@@ -372,13 +398,9 @@ class FaceGeometry:
         xs = x_tail + (x_head - x_tail) * T21
         ys = np.hstack([centre - half, (centre + half)[::-1]])
         start = sh.mark()
-        sh.surface(np.hstack([xs, xs[:, ::-1]]), np.tile(ys, (2, 1)), 0.003)
+        sh.surface(np.hstack([xs, xs[:, ::-1]]), _twice(ys), 0.003)
         sh.close_split("brows", start, 2)
-        left, right = start, start + 42
-        self.landmark(slice(33, 38), left + np.array([0, 5, 10, 15, 20]))  # tail .. head
-        self.landmark(slice(38, 42), left + 21 + np.array([4, 8, 12, 16]))  # lower edge head -> tail
-        self.landmark(slice(42, 47), right + np.array([20, 15, 10, 5, 0]))  # head .. tail
-        self.landmark(slice(47, 51), right + 21 + np.array([16, 12, 8, 4]))  # lower edge tail -> head
+        self.landmark(slice(33, 51), start + BROW_ROWS)
 
     # --- nose: WFLW 51-54 bridge, 55-59 bottom ----------------------------------------------------
     def add_nose(self):
@@ -395,7 +417,7 @@ class FaceGeometry:
                    np.array([0.02, 0.05, 0.09, 0.13]) * lift)
         sh.close("nose_bridge", start)
         self.landmark(slice(51, 55), np.arange(start, start + 4))
-        for side, name in ((-1.0, "left"), (1.0, "right")):
+        for side in (-1.0, 1.0):
             start = sh.mark()
             sh.surface(side * nw * np.array([1.0, 1.12, 0.8]), base_y + np.array([-0.022, -0.05, -0.075]),
                        np.array([0.02, 0.03, 0.05]) * lift)
@@ -421,9 +443,9 @@ class FaceGeometry:
         x_out, x_in = mw * U_OUT, mw * U_IN
         start = sh.mark()
         upper_outer = sh.surface(x_out, self.upper_lip_y, POUT_OUT)
-        lower_outer = sh.surface(x_out[-2:0:-1], self.lower_lip_y[-2:0:-1], POUT_OUT[-2:0:-1])  # row k: u index 11-k
+        # the lower lip runs back from u = 0.8 to -0.8: its row k holds U_OUT[11 - k]
+        lower_outer = sh.surface(x_out[-2:0:-1], self.lower_lip_y[-2:0:-1], POUT_OUT[-2:0:-1])
         sh.close("lips", start)
-        self.upper_lip_rows = (upper_outer, upper_outer + 13)
         if e.mouth_open > 0:
             start = sh.mark()
             sh.surface(x_in, up_in_y, POUT_IN)
@@ -438,7 +460,7 @@ class FaceGeometry:
         upper_inner = sh.surface(x_in, up_in_y, POUT_IN)
         sh.close("lip_line", start)
         lower_inner = sh.surface(x_in[[6, 4, 2]], lo_in_y[[6, 4, 2]], POUT_IN[[6, 4, 2]])
-        self.landmark(slice(76, 83), upper_outer + np.array([0, 2, 4, 6, 8, 10, 12]))
-        self.landmark(slice(83, 88), lower_outer + np.array([1, 3, 5, 7, 9]))  # u = .6, .28, 0, -.28, -.6
-        self.landmark(slice(88, 93), upper_inner + np.array([0, 2, 4, 6, 8]))
-        self.landmark(slice(93, 96), np.arange(lower_inner, lower_inner + 3))
+        self.landmark(slice(76, 83), upper_outer + UPPER_OUTER_ROWS)
+        self.landmark(slice(83, 88), lower_outer + LOWER_OUTER_ROWS)  # u = .6, .28, 0, -.28, -.6
+        self.landmark(slice(88, 93), upper_inner + UPPER_INNER_ROWS)
+        self.landmark(slice(93, 96), lower_inner + np.arange(3))

@@ -68,7 +68,8 @@ def add_hair_back(fg: FaceGeometry) -> None:
     bottom = 0.35 + p.hair_length
     top = h.split - 0.05
     ys = top + (bottom - top) * LONG_T
-    out_w = h.W + p.hair_side_volume + 0.01 + (0.04 + 0.06 * p.hair_length) * LONG_T + 1.5 * amp * np.sin(freq * 3.8 * ys + p.hair_phase)
+    flare = (0.04 + 0.06 * p.hair_length) * LONG_T  # hair spreads towards its ends
+    out_w = h.W + p.hair_side_volume + 0.01 + flare + 1.5 * amp * np.sin(freq * 3.8 * ys + p.hair_phase)
     inner = p.neck_width + 0.03
     bottom_x = np.linspace(out_w[-1], inner, 4)
     jag = 0.03 * (np.arange(4) % 2)
@@ -99,9 +100,10 @@ def add_hair(fg: FaceGeometry) -> None:
     sh.close("hair_cap", start)
     for k, frac in enumerate((0.2, 0.4, 0.6, 0.8)):  # strands from the hairline towards the crown
         j = int(frac * (len(ix) - 1))
+        x0, y0 = ix[j], iy[j] - 0.01
+        x1, y1 = 0.5 * ix[j] + 0.03 * (k - 1.5), -0.5 - 0.3 * vol
         start = sh.mark()
-        sh.surface(ix[j] + (ix[j] * -0.5 + 0.03 * (k - 1.5)) * STRAND_T,
-                   iy[j] - 0.01 + (-0.5 - 0.3 * vol - iy[j] + 0.01) * STRAND_T, 0.006)
+        sh.surface(x0 + (x1 - x0) * STRAND_T, y0 + (y1 - y0) * STRAND_T, 0.006)
         sh.close("hair_strands", start)
 
 
@@ -155,7 +157,7 @@ def add_facial_hair(fg: FaceGeometry) -> None:
         sh.surface(inner[:, 0], inner[:, 1], 0.01)
         sh.close("beard" if p.beard == "full" else "stubble", start)
     if p.beard == "goatee":
-        u = np.linspace(-0.62, 0.62, 7) / 0.62
+        u = np.linspace(-1.0, 1.0, 7)
         start = sh.mark()
         sh.surface(0.62 * mw * u, llb + 0.006 - 0.008 * (1 - u ** 2) + 0.01 * u ** 2, 0.03)
         keep = fg.lower_w <= 0.7 * mw
@@ -175,7 +177,7 @@ def add_facial_hair(fg: FaceGeometry) -> None:
     if p.sideburns:
         ys = np.linspace(p.eye_y - 0.06, p.eye_y + 0.11, 6)
         ws = h.half_width(ys)
-        for side, name in ((-1.0, "left"), (1.0, "right")):
+        for side in (-1.0, 1.0):
             start = sh.mark()
             sh.rim(ws, ys, side)
             sh.surface(side * (ws[::-1] - 0.045 + 0.015 * np.linspace(0.0, 1.0, 6)), ys[::-1])
@@ -188,7 +190,7 @@ def add_folds(fg: FaceGeometry) -> None:
     mw, my, base = fg.mouth_half, fg.mouth_y, fg.nose_base_y
     if max(fg.expr.smile, 0.6 if p.wrinkles else 0.0) <= 0.3:
         return
-    for side, name in ((-1.0, "left"), (1.0, "right")):
+    for side in (-1.0, 1.0):
         start = sh.mark()
         sh.surface(side * np.array([p.nose_width + 0.012, p.nose_width + 0.04, mw + 0.022]),
                    np.array([base - 0.03, base + 0.025, my + 0.015]))
@@ -198,7 +200,7 @@ def add_folds(fg: FaceGeometry) -> None:
 def add_skin_marks(fg: FaceGeometry) -> None:
     """Cheek highlights and blush, wrinkles, double chin, moles and scars."""
     p, sh = fg.p, fg.shapes
-    for side, name in ((-1.0, "left"), (1.0, "right")):
+    for side in (-1.0, 1.0):
         cx = side * (p.eye_spacing + 0.02)
         if p.high_cheekbones:
             start = sh.mark()

@@ -193,14 +193,15 @@ def _eligible_split(name: str, p_male: float, male_eligible: float, female_eligi
 
 
 def _pick(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> RGB:
-    colour = palette[rng.integers(len(palette))] + rng.uniform(-jitter, jitter, 3)
-    return tuple(float(c) for c in np.clip(colour, 0, 255))
+    """A palette colour, jittered."""
+    base, noise = palette[rng.integers(len(palette))], rng.uniform(-jitter, jitter, 3)
+    return tuple(min(255.0, max(0.0, float(c + n))) for c, n in zip(base, noise))
 
 
 def _between(rng: np.random.Generator, low, high) -> RGB:
-    t = rng.uniform(0, 1, 3) * 0.3 + rng.uniform() * 0.7  # mostly along the diagonal
-    colour = np.asarray(low, float) + (np.asarray(high, float) - np.asarray(low, float)) * t
-    return tuple(float(c) for c in colour)
+    """A colour between two corners, mostly along the diagonal (shade) with some hue jitter."""
+    shade, jitter = rng.uniform(), rng.uniform(0, 1, 3)
+    return tuple(float(lo + (hi - lo) * (0.7 * shade + 0.3 * j)) for lo, hi, j in zip(low, high, jitter))
 
 
 def _mix(a: RGB, b: RGB, t: float) -> RGB:
@@ -379,7 +380,8 @@ def sample_identity(identity: int, seed: int) -> IdentityParams:
         lower_lip=u(0.021, 0.03) * lip_scale, lip_colour=lip_colour,
         ear_size=u(0.12, 0.16), ear_out=u(0.025, 0.045),
         hair_style=hair_style, hair_long=bool(hair_long), hair_texture=texture,
-        hair_colour_name=colour_name, hair_colour=hair_colour, hair_volume=hair_volume, hair_side_volume=hair_side_volume,
+        hair_colour_name=colour_name, hair_colour=hair_colour, hair_volume=hair_volume,
+        hair_side_volume=hair_side_volume,
         hairline=hairline, hair_parting=u(-0.8, 0.8), hair_length=u(0.45, 1.05), hair_phase=u(0, 2 * np.pi),
         moles=moles, scar=scar, beard=beard, mustache=mustache, sideburns=sideburns, stubble=stubble,
         facial_hair_colour=facial_hair_colour, lipstick=lipstick, heavy_makeup=heavy, eyeshadow=eyeshadow,

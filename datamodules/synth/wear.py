@@ -49,7 +49,7 @@ def add_hat(fg: FaceGeometry) -> None:
     haired = p.hair_style != "bald"
     vol = (p.hair_side_volume + 0.04 if haired else 0.0) + 0.02
     top = (p.hair_volume if haired else 0.0) + (0.12 if style == "fedora" else 0.04)
-    band_y = min(p.hairline, -0.3) + 0.01
+    band_y = fg.brow_y - 0.17  # across the upper forehead, whatever the hairline
     x_arc, y_arc = h.upper_outline(vol, top, 0.0, HAT_PSI)
     keep = y_arc <= band_y
     w_band = h.width_at(band_y) + vol
