@@ -87,10 +87,10 @@ class Pose:
     yaw_deg: float = 0.0
 
 
-def project(points: np.ndarray, pose: Pose, yaw_factor: float = 1.0) -> np.ndarray:
+def project(points: np.ndarray, pose: Pose) -> np.ndarray:
     """Canonical (N, 3) points -> pixel (N, 2): yaw about the vertical axis, orthographic view, roll,
-    scale, shift. ``yaw_factor`` < 1 turns a part less than the head (the body)."""
-    yaw = math.radians(pose.yaw_deg * yaw_factor)
+    scale, shift."""
+    yaw = math.radians(pose.yaw_deg)
     roll = math.radians(pose.roll_deg)
     x = points[:, 0] * math.cos(yaw) + points[:, 2] * math.sin(yaw)
     y = points[:, 1]
