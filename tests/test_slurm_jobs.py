@@ -66,16 +66,20 @@ def test_one_node_two_tasks_trains_with_two_ranks(slurm_cluster, shards, tmp_pat
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
-def test_requeue_signal_checkpoints_requeues_and_resumes_without_losing_steps(slurm_cluster, shards, tmp_path):
-    max_steps = 5
-    job, (run_dir,) = visage_submit(slurm_cluster, tmp_path, small_run(shards, max_steps, "--gpus-per-node", "2"))
+def wait_until_training(slurm_cluster, job: str, run_dir: Path, deadline: float) -> None:
+    """Both ranks have their requeue handlers once Lightning says so (it installs its own last)."""
     err_log = run_dir / "slurm.err"
-    deadline = time.monotonic() + 400
-    # both ranks have their requeue handlers once Lightning says so (it installs its own last)
     while not (err_log.exists() and err_log.read_text().count("SLURM auto-requeueing enabled") >= 2):
         assert slurm_cluster.job_state(job) in ("PENDING", "RUNNING"), job_logs(run_dir)
         assert time.monotonic() < deadline, "training never started\n" + job_logs(run_dir)
         time.sleep(0.2)
+
+
+def test_requeue_signal_checkpoints_requeues_and_resumes_without_losing_steps(slurm_cluster, shards, tmp_path):
+    max_steps = 5
+    job, (run_dir,) = visage_submit(slurm_cluster, tmp_path, small_run(shards, max_steps, "--gpus-per-node", "2"))
+    deadline = time.monotonic() + 400
+    wait_until_training(slurm_cluster, job, run_dir, deadline)
     # without --full/--batch, scancel signals the srun tasks only (what --signal=SIGUSR1@90 does)
     slurm_cluster.run(["scancel", "--signal=USR1", job])
     while slurm_cluster.job_fields(job).get("Restarts") != "1":
@@ -147,12 +151,8 @@ def test_sweep_runs_a_job_array_with_one_run_directory_per_task(slurm_cluster, s
 def test_sigterm_leaves_a_checkpoint_to_resume_from(slurm_cluster, shards, tmp_path):
     """Preemption or the time limit: SIGTERM stops every rank at a step boundary with a checkpoint."""
     job, (run_dir,) = visage_submit(slurm_cluster, tmp_path, small_run(shards, 500, "--gpus-per-node", "2"))
-    err_log = run_dir / "slurm.err"
     deadline = time.monotonic() + 400
-    while not (err_log.exists() and err_log.read_text().count("SLURM auto-requeueing enabled") >= 2):
-        assert slurm_cluster.job_state(job) in ("PENDING", "RUNNING"), job_logs(run_dir)
-        assert time.monotonic() < deadline, "training never started\n" + job_logs(run_dir)
-        time.sleep(0.2)
+    wait_until_training(slurm_cluster, job, run_dir, deadline)
     time.sleep(3)  # a few steps, usually
     slurm_cluster.run(["scancel", "--signal=TERM", job])
     slurm_cluster.wait_job(job, timeout=200)
