@@ -98,7 +98,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 def _strategy(trainer: DictConfig):
     devices = trainer.devices
     many = trainer.num_nodes > 1 or (isinstance(devices, int) and devices > 1) or OmegaConf.is_list(devices)
-    if trainer.strategy == "auto" and not many:
+    if not many:  # one process needs no process group (and no rendezvous port to collide on)
         return "auto"
     backend = "gloo" if trainer.accelerator == "cpu" else None
     start = "spawn" if trainer.strategy == "ddp_spawn" else "popen"
