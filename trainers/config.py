@@ -153,7 +153,10 @@ def schema_for(task: str):
     if task == "embedder":
         return EmbedderExperiment
     if task == "recognizer":
-        from modules.recognizer_config import RecognizerExperiment  # noqa: PLC0415 (task-specific)
+        try:
+            from modules.recognizer_config import RecognizerExperiment  # noqa: PLC0415 (task-specific)
+        except ImportError:
+            raise ConfigError("task: the recognizer module is not part of this Visage version yet") from None
         return RecognizerExperiment
     raise ConfigError(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
