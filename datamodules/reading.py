@@ -12,7 +12,7 @@ module logs them.
 """
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import random
 from collections import Counter
@@ -23,9 +23,8 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
-
-from datamodules.schema import IMAGE_EXTENSIONS, SampleError, validate_annotation
+from datamodules.schema import IMAGE_EXTENSIONS, SampleError, parse_annotation, validate_annotation
+from datamodules.tar_reader import tar_records
 
 log = logging.getLogger(__name__)
 # Decoding small images gains nothing from OpenCV's thread pool, and loader workers run in parallel
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 cv2.setNumThreads(1)
 
 BAD_SAMPLE_KINDS = ("undecodable_image", "bad_json", "missing_field", "bad_shape", "empty_shard",
-                    "truncated_shard", "transform_failed")
+                    "truncated_shard", "corrupt_shard", "transform_failed")
 
 
 class BadSampleCounter:
@@ -48,11 +47,6 @@ class BadSampleCounter:
         if kind not in self.examples:
             self.examples[kind] = where
             log.warning("skipping bad data (%s): %s", kind, where)
-
-    def shard_error(self, exn: Exception) -> bool:
-        """webdataset error handler: a broken tar stream is counted, the stream goes on."""
-        self.add("truncated_shard", " ".join(str(a) for a in exn.args if isinstance(a, str))[:300])
-        return True
 
     def take(self) -> torch.Tensor:
         out = torch.tensor([self.counts.get(k, 0) for k in BAD_SAMPLE_KINDS], dtype=torch.long)
@@ -72,16 +66,15 @@ class DecodedSample:
 
 
 def decode_sample(raw: dict, required: tuple[str, ...], check_all: bool = False) -> DecodedSample:
-    """Turn a raw webdataset record into an image array and an annotation whose ``required`` fields
-    are validated (every field with ``check_all``)."""
+    """Turn a raw webdataset record into an image array and an annotation holding the ``required``
+    fields, validated (with ``check_all``: every field, all validated). Training reads what the
+    task uses: the writer checked everything, and decoding unused landmarks costs more than the
+    image."""
     key = raw.get("__key__", "?")
     if "json" not in raw:
         raise SampleError("missing_field", f"sample {key!r} has no json annotation")
     try:
-        annotation = json.loads(raw["json"])
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SampleError("bad_json", f"sample {key!r}: annotation is not valid JSON ({err})") from None
-    try:
+        annotation = parse_annotation(raw["json"], None if check_all else required)
         validate_annotation(annotation, required, only=None if check_all else required)
     except SampleError as err:
         raise SampleError(err.kind, f"sample {key!r}: {err}") from None
@@ -95,18 +88,26 @@ def decode_sample(raw: dict, required: tuple[str, ...], check_all: bool = False)
 
 
 def read_shard(url: str, counter: BadSampleCounter, expected: int | None = None) -> Iterator[dict]:
-    """Raw records of one tar shard; an empty or broken shard is counted, not raised.
+    """Raw records of one tar shard; an empty, unreadable or broken shard is counted, not raised.
 
     A tar cut at a member boundary reads as a shorter valid archive, so the sample count the index
     recorded (``expected``) is what reveals it.
     """
-    count, broken = 0, counter.counts["truncated_shard"]
-    for raw in tarfile_samples([{"url": url}], handler=counter.shard_error):
+    problems = []
+
+    def report(kind: str, message: str) -> None:
+        problems.append(kind)
+        counter.add(kind, message)
+
+    count = 0
+    for raw in tar_records(url, report):
         count += 1
         yield raw
+    if problems:
+        return
     if count == 0:
         counter.add("empty_shard", url)
-    elif expected is not None and count < expected and counter.counts["truncated_shard"] == broken:
+    elif expected is not None and count < expected:
         counter.add("truncated_shard", f"{url}: {count} of the {expected} samples in the index")
 
 
@@ -120,12 +121,18 @@ def rank_shards(shards: list, rank: int, world: int) -> list:
 
 
 class ShardStream(IterableDataset):
-    """Endless training stream of one rank: resampled shards -> decode -> transform -> batches.
+    """Training stream of one rank: resampled shards -> decode -> transform -> batches.
 
     ``transform(DecodedSample) -> dict`` makes the task's tensors (a ``reseed(int)`` method, if it
-    has one, makes its augmentation reproducible); ``batcher(Iterator[dict], rng) ->
-    Iterator[dict]`` groups them (plain or P x K). ``rank``/``world`` are fixed by the datamodule
-    after the process group exists; ``epoch`` is set by the loader before each epoch.
+    has one, makes its augmentation reproducible); ``batcher`` groups them (plain or P x K, see
+    ``PlainBatcher``). ``rank``/``world`` are fixed by the datamodule after the process group
+    exists; ``epoch`` and ``batches_per_epoch`` are set by the loader before each epoch.
+
+    The shuffle buffer holds raw records (bytes), decoded only when they leave it. With
+    ``batches_per_epoch`` unset the stream is endless. Set, each loader worker makes its share of
+    the epoch's batches (the loader takes batches from its workers in turn) and stops, decoding
+    only the samples those batches need: what is left in the buffer when an epoch ends cost a tar
+    read, not a decode and an augmentation (a P x K pool is drawn down at the end, see PKBatcher).
     """
 
     def __init__(self, shards: list[tuple[str, int]], transform: Callable, batcher: Callable,
@@ -135,11 +142,20 @@ class ShardStream(IterableDataset):
         self.required, self.seed, self.shuffle_buffer = required, seed, shuffle_buffer
         self.interleave = interleave
         self.rank, self.world, self.epoch = 0, 1, 0
+        self.batches_per_epoch: int | None = None
 
     def _rng(self) -> random.Random:
         info = get_worker_info()
         worker = info.id if info else 0
         return random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
+
+    def _worker_batches(self) -> int | None:
+        """This worker's share of the epoch: batch i of the epoch comes from worker i mod workers."""
+        if self.batches_per_epoch is None:
+            return None
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.batches_per_epoch // workers + int(worker < self.batches_per_epoch % workers)
 
     def _raw_records(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
         """Records from ``interleave`` randomly drawn shards at a time, mixed record by record."""
@@ -156,8 +172,9 @@ class ShardStream(IterableDataset):
                 continue
             yield raw
 
-    def _samples(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
-        for raw in self._raw_records(rng, counter):
+    def _samples(self, records: Iterator[dict], counter: BadSampleCounter) -> Iterator[dict]:
+        """Decoded and transformed samples; bad ones are counted and skipped."""
+        for raw in records:
             try:
                 sample = self.transform(decode_sample(raw, self.required))
             except SampleError as err:
@@ -168,18 +185,18 @@ class ShardStream(IterableDataset):
                 continue
             yield sample
 
-    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+    def _shuffled(self, records: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
-            yield from samples
+            yield from records
             return
         buffer: list[dict] = []
-        for sample in samples:
+        for record in records:
             if len(buffer) < self.shuffle_buffer:
-                buffer.append(sample)
+                buffer.append(record)
                 continue
             i = rng.randrange(len(buffer))
-            buffer[i], sample = sample, buffer[i]
-            yield sample
+            buffer[i], record = record, buffer[i]
+            yield record
 
     def __iter__(self) -> Iterator[dict]:
         rng = self._rng()
@@ -187,27 +204,40 @@ class ShardStream(IterableDataset):
             self.transform.reseed(rng.getrandbits(32))
         self.epoch += 1  # a persistent worker's copy counts epochs by itself
         counter = BadSampleCounter()
-        for batch in self.batcher(self._shuffled(self._samples(rng, counter), rng), rng):
+        samples = self._samples(self._shuffled(self._raw_records(rng, counter), rng), counter)
+        for batch in self.batcher(samples, rng, self._worker_batches()):
             batch["bad_samples"] = counter.take()
             yield batch
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors, keep everything else as lists."""
+    """Stack tensors, make integers (labels) one tensor, keep everything else as lists."""
     out = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
-        out[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        if isinstance(values[0], torch.Tensor):
+            out[name] = torch.stack(values)
+        elif isinstance(values[0], int):
+            out[name] = torch.tensor(values)
+        else:
+            out[name] = values
     return out
 
 
 class PlainBatcher:
-    """Consecutive samples of the (shuffled) stream, ``batch_size`` at a time."""
+    """Consecutive samples of the (shuffled) stream, ``batch_size`` at a time.
+
+    The batcher protocol (``PKBatcher`` follows it too): ``batcher(samples, rng, batches)`` yields
+    ``batches`` batches (None: as many as the samples make), reading as few samples past the last
+    batch as it can: a plain batcher reads none.
+    """
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
 
-    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+    def __call__(self, samples: Iterator[dict], rng: random.Random, batches: int | None = None) -> Iterator[dict]:
+        if batches is not None:
+            samples = itertools.islice(samples, batches * self.batch_size)
         batch = []
         for sample in samples:
             batch.append(sample)
@@ -217,13 +247,14 @@ class PlainBatcher:
 
 
 class EpochLoader:
-    """Cuts a rank's endless ``ShardStream`` into epochs of exactly ``batches_per_epoch`` batches.
+    """Cuts a rank's ``ShardStream`` into epochs of exactly ``batches_per_epoch`` batches.
 
     Loader workers persist across epochs (no re-spawning); each worker's stream advances its own
-    epoch counter, so epoch e's stream depends only on (seed, e, rank, worker). Stateful for
-    Lightning (``state_dict``/``load_state_dict`` go into checkpoints): a run resumed mid-epoch
-    replays that epoch's stream and skips the batches already trained on. ``bad_samples``
-    accumulates the counts of skipped data over the epoch.
+    epoch counter, so epoch e's stream depends only on (seed, e, rank, worker), and each worker
+    makes only its share of the epoch's batches (``ShardStream``). Stateful for Lightning
+    (``state_dict``/``load_state_dict`` go into checkpoints): a run resumed mid-epoch replays that
+    epoch's stream and skips the batches already trained on. ``bad_samples`` accumulates the counts
+    of skipped data over the epoch.
     """
 
     def __init__(self, dataset: ShardStream, batches_per_epoch: int, num_workers: int,
@@ -241,7 +272,7 @@ class EpochLoader:
     def _loader_for(self, epoch: int) -> DataLoader:
         if self._loader is None or self._loader_next_epoch != epoch:
             self._loader = None  # shuts persistent workers down before new ones start
-            self.dataset.epoch = epoch
+            self.dataset.epoch, self.dataset.batches_per_epoch = epoch, self.batches_per_epoch
             workers = self.num_workers
             self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers,
                                       persistent_workers=workers > 0, prefetch_factor=2 if workers else None)

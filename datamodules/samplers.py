@@ -14,30 +14,49 @@ from datamodules.reading import collate
 
 
 class PKBatcher:
+    """P x K batches from a pool of up to ``pool_size`` samples. Asked for a number of batches, it
+    lets the pool run down over the last ones (a batch is drawn once the pool holds what the
+    remaining batches need) rather than leave a full pool of decoded samples unused."""
+
     def __init__(self, p: int, k: int, pool_size: int = 2048, min_images: int = 2):
         if p < 2 or k < 1:
             raise ValueError(f"P x K sampling needs P >= 2 identities and K >= 1 images, got P={p}, K={k}")
         self.p, self.k, self.min_images = p, k, min_images
         self.pool_size = max(pool_size, 2 * p * k)
 
-    def __call__(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+    def _fill(self, batches: int | None, made: int) -> int:
+        """Pool size at which a batch is drawn: the full pool, or near the end of a known number of
+        batches only what the remaining batches need (the pool is drawn down, not thrown away)."""
+        if batches is None:
+            return self.pool_size
+        return min(self.pool_size, (batches - made) * self.p * self.k)
+
+    def __call__(self, samples: Iterator[dict], rng: random.Random, batches: int | None = None) -> Iterator[dict]:
         pool: dict[int, list[dict]] = {}
-        size = 0
+        size, made = 0, 0
+        if batches == 0:
+            return
         for sample in samples:
             pool.setdefault(int(sample["label"]), []).append(sample)
             size += 1
-            while size >= self.pool_size:
-                batch, used = self._take(pool, rng)
-                size -= used
-                if batch is not None:
+            while size >= self._fill(batches, made):
+                eligible = [ident for ident, items in pool.items() if len(items) >= self.min_images]
+                if len(eligible) >= self.p:
+                    batch, used = self._take(pool, eligible, rng)
+                    size -= used
                     yield collate(batch)
+                    made += 1
+                    if made == batches:
+                        return
+                elif size >= self.pool_size:
+                    # the pool is full of identities with too few images: drop the oldest one and read on
+                    size -= len(pool.pop(next(iter(pool))))
+                else:
+                    break  # a drawn-down pool at the end of the batches: read on rather than drop
 
-    def _take(self, pool: dict[int, list[dict]], rng: random.Random) -> tuple[list[dict] | None, int]:
-        eligible = [ident for ident, items in pool.items() if len(items) >= self.min_images]
-        if len(eligible) < self.p:
-            # the pool is full of identities with too few images: drop the oldest one and read on
-            oldest = next(iter(pool))
-            return None, len(pool.pop(oldest))
+    def _take(self, pool: dict[int, list[dict]], eligible: list[int], rng: random.Random) -> tuple[list[dict], int]:
+        """P identities drawn from ``eligible``, K images of each; returns the batch and the number
+        of samples that left the pool."""
         batch, used = [], 0
         for ident in rng.sample(eligible, self.p):
             items = pool[ident]

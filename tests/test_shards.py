@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
+import time
 
 import numpy as np
 import torch
@@ -25,8 +27,9 @@ def test_round_trip_keeps_images_and_annotations(tmp_path):
     seen = {}
     for url in index.urls:
         for raw in read_shard(url, counter):
-            sample = decode_sample(raw, ("identity",))
+            sample = decode_sample(raw, ("identity",), check_all=True)
             seen[sample.key] = sample
+            assert set(decode_sample(raw, ("identity",)).annotation) == {"identity"}  # what the task needs
     assert len(seen) == 15 and not counter.counts
     sample = seen["id00003_002"]
     assert sample.annotation["identity"] == 3 and sample.annotation["width"] == 32
@@ -196,3 +199,36 @@ def test_augmented_stream_is_reproducible(identity_dataset):
 
     first, second = images(), images()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+class CountingTransform:
+    """Counts its calls in shared memory, visible from forked loader workers too."""
+
+    def __init__(self):
+        self.calls = multiprocessing.get_context("fork").Value("q", 0)
+
+    def __call__(self, sample):
+        with self.calls.get_lock():
+            self.calls.value += 1
+        return {"key": sample.key, "label": sample.annotation["identity"]}
+
+
+def test_an_epoch_decodes_only_the_samples_its_batches_use(identity_dataset):
+    from datamodules.samplers import PKBatcher
+    shards = read_index(identity_dataset / "train").shards
+    transform = CountingTransform()
+    for workers in (0, 2):  # the shuffle buffer holds undecoded records; workers stop after their share
+        plain = ShardStream(shards, transform, PlainBatcher(4), ("identity",), seed=5, shuffle_buffer=16)
+        loader = EpochLoader(plain, batches_per_epoch=5, num_workers=workers)
+        for _ in range(2):
+            transform.calls.value = 0
+            assert sum(len(b["key"]) for b in loader) == 20
+            time.sleep(0.5 * workers)  # time for workers to prefetch past the epoch, were they to
+            assert transform.calls.value == 20
+
+    pk = ShardStream(shards, transform, PKBatcher(4, 4, pool_size=128), ("identity",), seed=5)
+    transform.calls.value = 0
+    batches = list(EpochLoader(pk, batches_per_epoch=5, num_workers=0))
+    assert len(batches) == 5 and all(len(set(b["label"].tolist())) == 4 for b in batches)
+    # a pool refilled to 128 for every batch would leave at least 112 decoded samples unused at the end
+    assert transform.calls.value < 5 * 16 + 32, transform.calls.value

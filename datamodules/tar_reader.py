@@ -1,0 +1,196 @@
+"""Reading tar shards: the 512-byte headers walked directly, members grouped into records.
+
+Python's ``tarfile`` builds a ``TarInfo`` object from every header through several layers of file
+objects; on shards of small members that cost more than decoding the images. This reader handles
+what tar writers put into shards: ustar, GNU and PAX headers, PAX and GNU long names, gzip, bzip2
+and xz compression; a broken archive stops with a ``TarFormatError`` that names the file, the byte
+offset and whether the file ended early (``truncated_shard``) or holds something malformed
+(``corrupt_shard``). Only regular files become members; directories, links and device entries are
+passed over, PAX global headers are checked and ignored, GNU sparse files are an error.
+
+Records follow webdataset's layout: consecutive members ``KEY.FIELD`` with the same ``KEY`` make
+one record ``{"__key__": KEY, "__url__": path, FIELD: bytes, ...}``; the key is the member's path up
+to the first dot of its last component, the field the rest, lower-cased (webdataset's rule, with
+its corner cases: ``d/.x`` is key ``d/``, field ``x``); names without such a dot and ``__meta__``
+names are passed over.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import re
+import zlib
+from contextlib import contextmanager
+from typing import BinaryIO, Callable, Iterator
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+REGULAR_TYPES = (b"0", b"\0", b"7")       # file, old-style file, contiguous file
+LINK_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")  # hard/symbolic link, devices, directory, fifo: no data
+PAX_HEADER, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK, GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
+COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", bz2.BZ2File),
+              (b"\xfd7zXZ\x00", lzma.LZMAFile))  # (first bytes, reader over the raw file)
+READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # decompressors raise these on bad input
+META_NAME = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, never sample fields
+KEY_AND_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's split: "dir/key.field.ext"
+
+
+class TarFormatError(ValueError):
+    """A tar archive that cannot be read on: ``kind`` is ``truncated_shard`` or ``corrupt_shard``."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@contextmanager
+def open_tar(path: str) -> Iterator[BinaryIO]:
+    """The file, buffered, through a decompressor when its first bytes say it is compressed."""
+    with open(path, "rb", buffering=1 << 20) as raw:
+        start = raw.peek(6)[:6]
+        decompressor = next((make for magic, make in COMPRESSED if start.startswith(magic)), None)
+        if decompressor is None:
+            yield raw
+            return
+        with decompressor(raw) as f:
+            yield f
+
+
+def checksum_ok(block: bytes) -> bool:
+    """The header checksum: the sum of its bytes with the checksum field counted as 8 spaces.
+
+    Fast path: Adler-32's low half is 1 + the byte sum modulo 65521, in C. A header sums to at most
+    130,560, so this can only wrongly accept a header whose sum is off by exactly 65521; a failed
+    fast check is redone exactly, also as signed bytes (old tars), before a header is rejected.
+    """
+    field = block[148:156].split(b"\0", 1)[0].strip()
+    try:
+        stored = int(field, 8)
+    except ValueError:  # empty or not octal
+        return False
+    expected_total = stored - 8 * 32 + sum(block[148:156])  # the sum with the field's own bytes in it
+    if (1 + expected_total) % 65521 == zlib.adler32(block) & 0xFFFF:
+        return True
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
+    return stored in (unsigned, signed)
+
+
+def header_number(field: bytes) -> int:
+    """A numeric header field: NUL/space-terminated octal, or GNU base-256 (high bit set)."""
+    if field[0] & 0x80:
+        if field[0] & 0x40:
+            raise ValueError("negative base-256 number")
+        return int.from_bytes(bytes([field[0] & 0x3F]) + field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def header_name(block: bytes) -> str:
+    """The member name, with the ustar prefix field in front when the header is POSIX ustar."""
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == b"ustar\x00" and block[345]:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def pax_records(data: bytes) -> dict[str, str]:
+    """The ``LENGTH KEY=VALUE\\n`` records of a PAX header; ValueError when malformed."""
+    records, pos = {}, 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        record = data[space + 1:pos + length]
+        if length <= space - pos or not record.endswith(b"\n") or b"=" not in record:
+            raise ValueError(f"bad record at {pos}")
+        key, value = record[:-1].split(b"=", 1)
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def read_exact(f: BinaryIO, size: int, path: str, offset: int, what: str) -> bytes:
+    data = f.read(size)
+    if len(data) != size:
+        raise TarFormatError("truncated_shard", f"{path}: ends inside {what} at byte {offset + len(data)} "
+                                                f"({size - len(data)} bytes missing)")
+    return data
+
+
+def tar_members(f: BinaryIO, path: str) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of every regular file in the archive, in order. The archive ends at its first
+    zero block or at the end of the file on a header boundary (a cut there reads as a shorter valid
+    archive: the caller compares counts)."""
+    offset, long_name, pax = 0, None, {}
+    while True:
+        block = f.read(BLOCK)
+        if not block or block == ZERO_BLOCK:
+            return
+        if len(block) < BLOCK:
+            if not block.strip(b"\0"):
+                return
+            raise TarFormatError("truncated_shard", f"{path}: ends inside a header at byte {offset}")
+        if not checksum_ok(block):
+            raise TarFormatError("corrupt_shard", f"{path}: bad header checksum at byte {offset}")
+        kind = block[156:157]
+        try:
+            size = int(pax["size"]) if "size" in pax else header_number(block[124:136])
+        except ValueError as err:
+            raise TarFormatError("corrupt_shard", f"{path}: bad size field at byte {offset} ({err})") from None
+        if kind == GNU_SPARSE:
+            raise TarFormatError("corrupt_shard", f"{path}: GNU sparse member at byte {offset} is not supported")
+        if kind in LINK_TYPES:
+            size = 0
+        padded = -(-size // BLOCK) * BLOCK
+        data = read_exact(f, padded, path, offset + BLOCK, "a member")[:size]
+        if kind in REGULAR_TYPES:
+            yield (long_name or pax.get("path") or header_name(block)), data
+        if kind in (PAX_HEADER, PAX_GLOBAL):
+            try:
+                records = pax_records(data)
+            except ValueError as err:
+                raise TarFormatError("corrupt_shard", f"{path}: malformed PAX header at byte {offset} "
+                                                      f"({err})") from None
+            pax = records if kind == PAX_HEADER else {}
+        elif kind == GNU_LONG_NAME:
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        elif kind != GNU_LONG_LINK:
+            long_name, pax = None, {}
+        offset += BLOCK + padded
+
+
+def member_key(name: str) -> tuple[str, str] | None:
+    """(sample key, field) of a member name, or None for names that belong to no sample."""
+    if name.startswith("__") and META_NAME.match(name):
+        return None
+    match = KEY_AND_FIELD.match(name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def tar_records(path: str, report: Callable[[str, str], None]) -> Iterator[dict]:
+    """The records of one tar file, in file order. Problems go to ``report(kind, message)``: a
+    repeated field (the repeat is dropped) and a broken archive (reading stops; the record being
+    assembled is still yielded, incomplete records fail later as samples)."""
+    record: dict | None = None
+    try:
+        with open_tar(path) as f:
+            for name, data in tar_members(f, path):
+                parts = member_key(name)
+                if parts is None:
+                    continue
+                key, field = parts
+                if record is None or key != record["__key__"]:
+                    if record is not None:
+                        yield record
+                    record = {"__key__": key, "__url__": path}
+                if field in record:
+                    report("corrupt_shard", f"{path}: sample {key!r} has a second {field!r} member")
+                    continue
+                record[field] = data
+    except TarFormatError as err:
+        report(err.kind, str(err))
+    except READ_ERRORS as err:
+        report("corrupt_shard", f"{path}: cannot be read ({err!r})")
+    if record is not None:
+        yield record
