@@ -14,9 +14,10 @@ Rows, for each ``--workers`` count W (0 = everything in the main process):
                    takes the batches one at a time and sends back only a count (a ceiling: no IPC).
   bare augment     the same with the training augmentation (faces.identity_augmentation with the
                    config's default probabilities) in place of the resize.
-  visage plain     shards -> ShardStream (webdataset tar reading, decode_sample: JSON parse, schema
-                   check, imdecode, BGR2RGB) -> IdentityTransform -> shuffle buffer (config default)
-                   -> PlainBatcher -> EpochLoader(num_workers=W); without and with augmentation.
+  visage plain     shards -> ShardStream (tar reading, shuffle buffer of raw records (config
+                   default), decode_sample: JSON parse, schema check of the task's fields, imdecode,
+                   BGR2RGB) -> IdentityTransform -> PlainBatcher -> EpochLoader(num_workers=W);
+                   without and with augmentation.
   visage pk        the same with PKBatcher (P = batch / 4, K = 4, the config's pool size).
   folder loader    a map-style Dataset over the folder of .jpg files (read, imdecode, BGR2RGB, the
                    same IdentityTransform with augmentation) -> torch DataLoader(batch, shuffle=True,
@@ -32,8 +33,8 @@ medians are reported. Every epoch delivers samples // batch batches.
                      other jobs share the machine. The ratios are printed on both.
   after 1st          the wall rate from the first batch to the last (buffer filling excluded).
   decoded/delivered  samples decoded and transformed in all processes / samples delivered: work
-                     thrown away (shuffle buffer, P x K pool and prefetched batches left over when
-                     an epoch ends and the next one restarts the stream).
+                     thrown away when an epoch ends (a P x K pool's leftovers; before the reads
+                     became exact per epoch also the shuffle buffer and the prefetched batches).
 torch and OpenCV run one thread per process in every row (``_common.single_threaded``; torch's
 loader workers take one torch thread and inherit OpenCV's setting, which datamodules.reading also
 sets to 1).
@@ -68,7 +69,7 @@ from datamodules.faces import IdentityTransform, identity_augmentation, to_tenso
 from datamodules.reading import (BadSampleCounter, DecodedSample, EpochLoader, PlainBatcher, ShardStream,
                                  decode_sample, read_shard)
 from datamodules.samplers import PKBatcher
-from datamodules.schema import validate_annotation
+from datamodules.schema import parse_annotation, validate_annotation
 from datamodules.shards import ShardWriter, encode_image, read_index
 from datamodules.synth.faces import generate_faces
 from trainers.config import AugmentConfig, DataConfig, SamplerConfig
@@ -385,18 +386,19 @@ def stage_costs(data: BenchData, args) -> None:
     augment = dataclasses.asdict(AugmentConfig())
     counter = BadSampleCounter()
     raws = [raw for url, expected in data.shards for raw in read_shard(url, counter, expected)]
-    annotations = [json.loads(raw["json"]) for raw in raws]
+    annotations = [parse_annotation(raw["json"]) for raw in raws]
     images = [cv2.cvtColor(cv2.imdecode(np.frombuffer(raw["jpg"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
               for raw in raws]
     decoded = [DecodedSample(raw["__key__"], image, ann) for raw, image, ann in zip(raws, images, annotations)]
     plain, augmented = IdentityTransform(args.image_size), IdentityTransform(args.image_size, augment)
     transformed = [plain(sample) for sample in decoded]
     stages = [
-        ("visage  tar reading (read_shard: webdataset tarfile_samples)",
+        ("visage  tar reading (read_shard: datamodules.tar_reader)",
          lambda: [None for url, expected in data.shards for _ in read_shard(url, BadSampleCounter(), expected)]),
-        ("visage  json.loads of the annotation", lambda: [json.loads(raw["json"]) for raw in raws]),
-        ("visage  validate_annotation(annotation, ('identity',))",
-         lambda: [validate_annotation(ann, ("identity",)) for ann in annotations]),
+        ("visage  parse_annotation (msgspec JSON)", lambda: [parse_annotation(raw["json"]) for raw in raws]),
+        ("(json.loads of the same, for comparison)", lambda: [json.loads(raw["json"]) for raw in raws]),
+        ("visage  validate_annotation(annotation, ('identity',), only=('identity',))",
+         lambda: [validate_annotation(ann, ("identity",), only=("identity",)) for ann in annotations]),
         ("both    imdecode + BGR2RGB", lambda: [cv2.cvtColor(cv2.imdecode(np.frombuffer(raw["jpg"], np.uint8),
                                                                           cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                                                 for raw in raws]),

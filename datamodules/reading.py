@@ -224,6 +224,11 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def batch_as_is(batch: dict) -> dict:
+    """The loader's collate_fn for ready batches (its default walks every list of keys again)."""
+    return batch
+
+
 class PlainBatcher:
     """Consecutive samples of the (shuffled) stream, ``batch_size`` at a time.
 
@@ -274,7 +279,7 @@ class EpochLoader:
             self._loader = None  # shuts persistent workers down before new ones start
             self.dataset.epoch, self.dataset.batches_per_epoch = epoch, self.batches_per_epoch
             workers = self.num_workers
-            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers,
+            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, collate_fn=batch_as_is,
                                       persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
         self._loader_next_epoch = epoch + 1
         return self._loader

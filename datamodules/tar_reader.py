@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator
 
 BLOCK = 512
+READ_BUFFER = 1 << 16  # bytes read from the file at a time
 ZERO_BLOCK = bytes(BLOCK)
 REGULAR_TYPES = (b"0", b"\0", b"7")       # file, old-style file, contiguous file
 LINK_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")  # hard/symbolic link, devices, directory, fifo: no data
@@ -47,7 +48,7 @@ class TarFormatError(ValueError):
 @contextmanager
 def open_tar(path: str) -> Iterator[BinaryIO]:
     """The file, buffered, through a decompressor when its first bytes say it is compressed."""
-    with open(path, "rb", buffering=1 << 20) as raw:
+    with open(path, "rb", buffering=READ_BUFFER) as raw:
         start = raw.peek(6)[:6]
         decompressor = next((make for magic, make in COMPRESSED if start.startswith(magic)), None)
         if decompressor is None:
