@@ -20,6 +20,24 @@ class EmbeddingEvaluation:
     neighbour_correct: np.ndarray                       # whether each neighbour shares the identity
 
 
+@dataclass
+class PairSet:
+    """The verification pairs of one evaluation set and their distances (for pictures); ``set_index``
+    is the set's position among the evaluation loaders."""
+    name: str
+    set_index: int
+    idx_a: np.ndarray
+    idx_b: np.ndarray
+    is_same: np.ndarray
+    distances: np.ndarray
+
+
+def held_out_pairs(evaluation: EmbeddingEvaluation, name: str = "val") -> PairSet:
+    """The pairs an ``evaluate_embeddings`` run drew from held-out identities (evaluation set 0)."""
+    idx_a, idx_b, is_same = evaluation.pairs
+    return PairSet(name, 0, idx_a, idx_b, is_same, evaluation.distances)
+
+
 def gather_in_dataset_order(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings, targets) of every rank's ``(index, embedding, target)`` evaluation batches, in

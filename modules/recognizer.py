@@ -25,17 +25,13 @@ samples seen.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datamodules.recognition import HELD_OUT_SET, verification_set_names
-from modules.embedding_eval import EmbeddingEvaluation, evaluate_embeddings, gather_in_dataset_order
+from modules.embedding_eval import EmbeddingEvaluation, PairSet, evaluate_embeddings, gather_in_dataset_order
 from modules.guards import stop_if_not_finite
 from modules.losses.center_loss import CenterLoss
 from modules.losses.margins import MarginHead
@@ -44,8 +40,7 @@ from modules.metrics.verification import pair_distances, verification_report
 from modules.nets import iresnet
 from modules.nets.mobilefacenet import MobileFaceNet
 from modules.optim import build_optimizer
-from modules.schedules import (WarmupConstantLambda, WarmupCosineLambda, WarmupPolyLambda, param_groups,
-                               scaled_lr)
+from modules.schedules import SampleSchedule, param_groups, scaled_lr
 
 FARS = (1e-3, 1e-4)
 IRESNETS = {"iresnet_tiny": iresnet.iresnet_tiny, "iresnet18": iresnet.iresnet18, "iresnet34": iresnet.iresnet34,
@@ -67,48 +62,6 @@ def build_margin_head(margin: dict) -> MarginHead:
                           lambda_power=margin["lambda_power"], lambda_min=margin["lambda_min"])
     return MarginHead(margin["kind"], s=margin["s"], m1=margin["m1"], m2=margin["m2"], m3=margin["m3"],
                       straight_through=margin["straight_through"])
-
-
-class SampleSchedule:
-    """The lr multiplier for ``LambdaLR``, in steps of the global batch the run was planned with.
-
-    ``kind`` 'warmup_poly' (linear warm-up, then (1 - progress) ** power), 'cosine' or 'none' over
-    ``total_steps`` planned steps. LambdaLR passes the optimizer step; a run resumed with another
-    global batch calls ``rebase(step, ratio)`` and each later step then advances the schedule by
-    ``ratio`` = new global batch / planned global batch planned steps, so warm-up and decay follow
-    the samples seen, continuously across the change. Plain numbers only: it is saved in checkpoints.
-    """
-
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int, power: float, planned_global_batch: int):
-        self.kind, self.total_steps, self.warmup_steps, self.power = kind, int(total_steps), int(warmup_steps), power
-        self.planned_global_batch = int(planned_global_batch)
-        self.anchor_step, self.anchor_position, self.ratio = 0, 0.0, 1.0
-
-    def position(self, step: int) -> float:
-        return self.anchor_position + (step - self.anchor_step) * self.ratio
-
-    def __call__(self, step: int) -> float:
-        position = self.position(step)
-        if self.kind == "warmup_poly":
-            return WarmupPolyLambda(self.total_steps, self.warmup_steps, self.power)(position)
-        if self.kind == "cosine":
-            return WarmupCosineLambda(self.total_steps, self.warmup_steps)(position)
-        return WarmupConstantLambda(self.warmup_steps)(position)
-
-    def rebase(self, step: int, global_batch: int) -> None:
-        self.anchor_position = self.position(step)
-        self.anchor_step, self.ratio = int(step), global_batch / self.planned_global_batch
-
-
-@dataclass
-class PairSet:
-    """The verification pairs of one evaluation set, for pictures."""
-    name: str
-    set_index: int
-    idx_a: np.ndarray
-    idx_b: np.ndarray
-    is_same: np.ndarray
-    distances: np.ndarray
 
 
 class FaceRecognizer(pl.LightningModule):
@@ -251,9 +204,6 @@ class FaceRecognizer(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"index": batch["index"], "embedding": self.embed_with_flip(batch["image"]), "label": batch["label"]}
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return [HardestPairsPictures()] if self.config["logging"]["pictures"] else []
-
     # -- optimisation --------------------------------------------------------------------------
     def global_batch(self) -> int:
         trainer = self.trainer
@@ -347,54 +297,3 @@ def _name_samples(positions: list[int], keys) -> str:
     named = [keys[p] for p in positions[:8]]
     more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
     return f"; sample key(s) {named}{more}"
-
-
-# -- pictures ---------------------------------------------------------------------------------
-def hardest_pairs_picture(pair_set: PairSet, image_of, count: int = 8) -> np.ndarray:
-    """The hardest false matches (different people, smallest distance) above the hardest
-    non-matches (same person, largest distance) of one evaluation set."""
-    from modules.pictures import pair_panel  # noqa: PLC0415 (drawing is only needed here)
-
-    panels = []
-    for same, title in ((False, "hardest false matches (different people, closest)"),
-                        (True, "hardest non-matches (same person, farthest)")):
-        rows = np.flatnonzero(pair_set.is_same == same)
-        if not len(rows):
-            continue
-        order = np.argsort(pair_set.distances[rows], kind="stable")
-        chosen = rows[order[:count] if not same else order[::-1][:count]]
-        panels.append(pair_panel([image_of(int(pair_set.idx_a[i])) for i in chosen],
-                                 [image_of(int(pair_set.idx_b[i])) for i in chosen],
-                                 pair_set.distances[chosen], title=f"{pair_set.name}: {title}"))
-    width = max(p.shape[1] for p in panels)
-    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
-    return np.concatenate(padded, axis=0)
-
-
-class HardestPairsPictures(pl.Callback):
-    """After each validation: ``pictures/hardest-pairs-<set>-step*.png`` (and -latest) per evaluation
-    set, and the same on the dashboard. The recognizer adds it itself (``configure_callbacks``)."""
-
-    def __init__(self, count: int = 8):
-        self.count = count
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        pair_sets = getattr(pl_module, "last_pair_sets", None)
-        datamodule = trainer.datamodule
-        if (not trainer.is_global_zero or trainer.sanity_checking or not pair_sets
-                or not hasattr(datamodule, "evaluation_image")):
-            return
-        from pytorch_lightning.loggers import WandbLogger  # noqa: PLC0415
-
-        from modules.pictures import save_png  # noqa: PLC0415
-
-        directory = Path(trainer.default_root_dir) / "pictures"
-        step = trainer.global_step
-        for pair_set in pair_sets:
-            image = hardest_pairs_picture(pair_set, lambda i, s=pair_set.set_index: datamodule.evaluation_image(s, i),
-                                          self.count)
-            save_png(directory / f"hardest-pairs-{pair_set.name}-step{step:06d}.png", image)
-            save_png(directory / f"hardest-pairs-{pair_set.name}-latest.png", image)
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image(key=f"pictures/hardest-pairs-{pair_set.name}", images=[image], step=step)

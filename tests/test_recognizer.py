@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
 
 from datamodules.converters.verification_bin import verification_pairs_from_split, write_verification_bin
 from datamodules.synthetic import cache_dir, synthetic_faces_name
 from modules.losses.partial_fc import LabelError
 from modules.nets.iresnet import iresnet50, iresnet_tiny
-from modules.recognizer import FaceRecognizer, SampleSchedule, hardest_pairs_picture, PairSet
+from modules.embedding_eval import PairSet
+from modules.pictures import hardest_pairs_picture
+from modules.recognizer import FaceRecognizer
+from modules.schedules import SampleSchedule
 from modules.recognizer_config import validate_recognizer
 from trainers.cli import main as visage
 from trainers.config import ConfigError, load_config, to_plain
+from trainers.run_dir import RUN_DIR_ENV
 
 EXPERIMENT = "configs/recognizer/arcface.yaml"
 # unit tests call the module's steps without a Trainer, where self.log() warns and does nothing
@@ -194,7 +198,10 @@ def test_bad_recognizer_config_names_the_key(overrides, key):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
+    launcher_run_dir = os.environ.get(RUN_DIR_ENV)
     assert visage(["fit", EXPERIMENT, *tiny(root)]) == 0
+    # the run directory handed to this run's ranks does not leak into later commands of this process
+    assert os.environ.get(RUN_DIR_ENV) == launcher_run_dir
     return root, root / "recognizer-arcface" / "local-0"
 
 

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from trainers.config import ConfigError, load_config
+from trainers.run_dir import RUN_DIR_ENV
 
 log = logging.getLogger("visage")
 
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    launcher_run_dir = os.environ.get(RUN_DIR_ENV)
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
@@ -204,6 +206,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"visage: error: {err}", file=sys.stderr)
             return 1
         raise
+    finally:  # the run directory chosen for this command's ranks must not leak into a later command
+        _restore_env(RUN_DIR_ENV, launcher_run_dir)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 if __name__ == "__main__":
