@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.distributed import all_gather_keep_local_grad, all_gather_no_grad, rank_and_world
-from modules.embedding_eval import EmbeddingEvaluation, evaluate_embeddings
+from modules.embedding_eval import EmbeddingEvaluation, evaluate_embeddings, gather_in_dataset_order
 from modules.guards import stop_if_not_finite
 from modules.losses.triplet import TripletLoss
 from modules.nets.tiny import TinyNet
@@ -74,23 +74,11 @@ class TripletEmbedder(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
-    def _gathered_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank's embeddings, padded duplicates removed, in dataset order (identical on all ranks)."""
-        index = torch.cat([p[0] for p in self._val_parts])
-        emb = torch.cat([p[1] for p in self._val_parts]).float()
-        labels = torch.cat([p[2] for p in self._val_parts])
-        self._val_parts.clear()
-        index, emb, labels = all_gather_no_grad(index), all_gather_no_grad(emb), all_gather_no_grad(labels)
-        order = torch.argsort(index, stable=True)
-        index, emb, labels = index[order], emb[order], labels[order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        return emb[first], labels[first]
-
     def _evaluate(self, prefix: str) -> None:
         if not self._val_parts:
             return
-        emb, labels = self._gathered_embeddings()
+        emb, labels = gather_in_dataset_order(self._val_parts)
+        self._val_parts.clear()
         evaluation = evaluate_embeddings(emb, labels, self.config["data"]["val_pairs"], seed=self.config["run"]["seed"])
         self.last_evaluation, self.last_eval_labels = evaluation, labels
         self.log_dict({f"{prefix}/{k}": float(v) for k, v in evaluation.metrics.items()}, sync_dist=False)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from modules.distributed import all_gather_no_grad
 from modules.metrics.retrieval import retrieval_metrics
 from modules.metrics.verification import make_verification_pairs, pair_distances, verification_report
 
@@ -17,6 +18,38 @@ class EmbeddingEvaluation:
     distances: np.ndarray
     neighbours: np.ndarray                              # retrieval: gallery indices per query
     neighbour_correct: np.ndarray                       # whether each neighbour shares the identity
+
+
+@dataclass
+class PairSet:
+    """The verification pairs of one evaluation set and their distances (for pictures); ``set_index``
+    is the set's position among the evaluation loaders."""
+    name: str
+    set_index: int
+    idx_a: np.ndarray
+    idx_b: np.ndarray
+    is_same: np.ndarray
+    distances: np.ndarray
+
+
+def held_out_pairs(evaluation: EmbeddingEvaluation, name: str = "val") -> PairSet:
+    """The pairs an ``evaluate_embeddings`` run drew from held-out identities (evaluation set 0)."""
+    idx_a, idx_b, is_same = evaluation.pairs
+    return PairSet(name, 0, idx_a, idx_b, is_same, evaluation.distances)
+
+
+def gather_in_dataset_order(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, targets) of every rank's ``(index, embedding, target)`` evaluation batches, in
+    dataset order, without the duplicates a padding DistributedSampler adds (a collective)."""
+    index = all_gather_no_grad(torch.cat([p[0] for p in parts]))
+    emb = all_gather_no_grad(torch.cat([p[1] for p in parts]).float())
+    target = all_gather_no_grad(torch.cat([p[2] for p in parts]))
+    order = torch.argsort(index, stable=True)
+    index, emb, target = index[order], emb[order], target[order]
+    first = torch.ones_like(index, dtype=torch.bool)
+    first[1:] = index[1:] != index[:-1]
+    return emb[first], target[first]
 
 
 def positive_pairs(labels: np.ndarray) -> int:

@@ -327,3 +327,25 @@ def pair_panel(images_a: Sequence, images_b: Sequence, distances, title: str = "
         _paste(canvas, _fit(to_rgb_uint8(images_b[i]), tile_size)[0], x + tile_size + 2, y)
         _put_text(canvas, f"d = {distance:.3f}", x + pair_w // 2, y + tile_size + 3, anchor="centre")
     return canvas
+
+
+def hardest_pairs_picture(pair_set, image_of, count: int = 8) -> np.ndarray:
+    """The hardest false matches (different people, smallest distance) above the hardest
+    non-matches (same person, largest distance) of one evaluation set.
+
+    ``pair_set``: a ``modules.embedding_eval.PairSet``; ``image_of(i)``: image ``i`` of that set.
+    """
+    panels = []
+    for same, title in ((False, "hardest false matches (different people, closest)"),
+                        (True, "hardest non-matches (same person, farthest)")):
+        rows = np.flatnonzero(pair_set.is_same == same)
+        if not len(rows):
+            continue
+        order = np.argsort(pair_set.distances[rows], kind="stable")
+        chosen = rows[order[:count] if not same else order[::-1][:count]]
+        panels.append(pair_panel([image_of(int(pair_set.idx_a[i])) for i in chosen],
+                                 [image_of(int(pair_set.idx_b[i])) for i in chosen],
+                                 pair_set.distances[chosen], title=f"{pair_set.name}: {title}"))
+    width = max(p.shape[1] for p in panels)
+    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    return np.concatenate(padded, axis=0)

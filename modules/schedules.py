@@ -4,6 +4,8 @@
   2017 linear scaling rule, or square-root scaling).
 - ``warmup_poly_lambda``: per-iteration multiplier for ``torch.optim.lr_scheduler.LambdaLR``: linear
   warm-up, then polynomial decay to 0 at ``total_steps``.
+- ``SampleSchedule``: the warm-up/decay multiplier counted in samples seen, so that a run resumed
+  with another global batch continues its schedule where it was.
 - ``param_groups``: optimizer groups with weight decay on weights, none on biases and norm layers.
 """
 from __future__ import annotations
@@ -104,3 +106,34 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool =
     groups = [{"name": "decay", "params": decay, "weight_decay": weight_decay},
               {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
+
+
+class SampleSchedule:
+    """The lr multiplier for ``LambdaLR``, in steps of the global batch the run was planned with.
+
+    ``kind`` 'warmup_poly' (linear warm-up, then (1 - progress) ** power), 'cosine' or 'none' over
+    ``total_steps`` planned steps. LambdaLR passes the optimizer step; a run resumed with another
+    global batch calls ``rebase(step, ratio)`` and each later step then advances the schedule by
+    ``ratio`` = new global batch / planned global batch planned steps, so warm-up and decay follow
+    the samples seen, continuously across the change. Plain numbers only: it is saved in checkpoints.
+    """
+
+    def __init__(self, kind: str, total_steps: int, warmup_steps: int, power: float, planned_global_batch: int):
+        self.kind, self.total_steps, self.warmup_steps, self.power = kind, int(total_steps), int(warmup_steps), power
+        self.planned_global_batch = int(planned_global_batch)
+        self.anchor_step, self.anchor_position, self.ratio = 0, 0.0, 1.0
+
+    def position(self, step: int) -> float:
+        return self.anchor_position + (step - self.anchor_step) * self.ratio
+
+    def __call__(self, step: int) -> float:
+        position = self.position(step)
+        if self.kind == "warmup_poly":
+            return WarmupPolyLambda(self.total_steps, self.warmup_steps, self.power)(position)
+        if self.kind == "cosine":
+            return WarmupCosineLambda(self.total_steps, self.warmup_steps)(position)
+        return WarmupConstantLambda(self.warmup_steps)(position)
+
+    def rebase(self, step: int, global_batch: int) -> None:
+        self.anchor_position = self.position(step)
+        self.anchor_step, self.ratio = int(step), global_batch / self.planned_global_batch

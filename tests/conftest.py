@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,14 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_visage(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """``visage ARGS`` in a fresh process from the repository root; fails the test on a non-zero exit."""
+    result = subprocess.run([sys.executable, "-m", "trainers.cli", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
 
 
 def identity_image(identity: int, index: int, size: int = 32) -> np.ndarray:

@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_visage as _visage
 
 EXPERIMENT = "configs/embedder/triplet.yaml"
-
-
-def _visage(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "trainers.cli", *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
 
 
 @pytest.mark.slow

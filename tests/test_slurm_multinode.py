@@ -75,3 +75,34 @@ def test_two_nodes_agree_with_one_node_on_the_same_global_batch(slurm_cluster_2n
     for step in range(STEPS):
         assert two_nodes[step] == pytest.approx(one_node[step], rel=1e-5, abs=1e-6), f"step {step}"
     assert len({round(v, 4) for v in one_node.values()}) > 1, "the loss did not change: nothing was trained"
+
+
+def test_partial_fc_shards_the_classifier_across_nodes(slurm_cluster_2nodes, shards, tmp_path):
+    """The recognizer's classifier split over two nodes (one rank each) trains exactly as over two
+    ranks of one node: same loss at every step, and the checkpoint gathers all 32 class centres."""
+    common = ["recognizer/arcface.yaml", "--cluster", "local", "data.synthetic=null", f"data.root={shards}",
+              "data.image_size=32", "data.batch_size=16", "data.num_workers=0", "data.val_pairs=100",
+              "data.batches_per_epoch=50", "model.embedding_size=16", "model.partial_fc.sample_rate=0.5",
+              "optim.warmup_steps=1", "trainer.accelerator=cpu", "trainer.max_epochs=null",
+              f"trainer.max_steps={STEPS}", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+              "trainer.ddp_timeout_s=120", "logging.wandb=disabled", "logging.pictures=false"]
+    jobs = {layout: visage_submit(slurm_cluster_2nodes, tmp_path, [
+                *common, "--nodes", str(nodes), "--gpus-per-node", str(per_node), f"run.name=pfc-{layout}"])
+            for layout, (nodes, per_node) in {"2x1": (2, 1), "1x2": (1, 2)}.items()}
+    runs = {}
+    for layout, (job, (run_dir,)) in jobs.items():
+        assert slurm_cluster_2nodes.wait_job(job, timeout=500) == "COMPLETED", job_logs(run_dir)
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        assert (summary["world_size"], summary["global_step"]) == (2, STEPS), job_logs(run_dir)
+        runs[layout] = run_dir
+    assert "on n[1-2]" in (runs["2x1"] / "slurm.out").read_text()
+    two_nodes, one_node = losses(runs["2x1"]), losses(runs["1x2"])
+    assert sorted(two_nodes) == sorted(one_node) == list(range(STEPS))
+    for step in range(STEPS):
+        assert two_nodes[step] == pytest.approx(one_node[step], rel=1e-5, abs=1e-6), f"step {step}"
+    import torch  # noqa: PLC0415
+
+    checkpoint = torch.load(runs["2x1"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"]["partial_fc.weight"].shape == (32, 16)  # both nodes' 16 classes
+    trained_rows = checkpoint["recognizer"]["classifier_optimizer_state"]["momentum_buffer"].abs().sum(dim=1) > 0
+    assert trained_rows[:16].any() and trained_rows[16:].any()  # each node's shard was trained and gathered

@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.reading import BAD_SAMPLE_KINDS, counts_to_dict
+from modules.embedding_eval import held_out_pairs
 
 log = logging.getLogger("visage")
 
@@ -65,12 +66,17 @@ class SlurmBookkeeping(pl.Callback):
 
 
 class Pictures(pl.Callback):
-    """After each validation: a sample grid with ground truth, a retrieval panel and the ROC curve,
-    as PNG files in ``<run>/pictures`` and as dashboard images."""
+    """After each validation: a sample grid with ground truth, a retrieval panel, the ROC curve of
+    every evaluation set, and per set the hardest false matches and non-matches, as PNG files in
+    ``<run>/pictures`` and as dashboard images.
 
-    def __init__(self, run_dir: Path, samples: int = 16):
+    The module provides ``last_evaluation`` (held-out identities) and, when it evaluates more sets
+    (the recognizer's ``.bin`` files), ``last_pair_sets``; the datamodule's ``evaluation_image(set,
+    index)`` gives their images."""
+
+    def __init__(self, run_dir: Path, samples: int = 16, hardest_pairs: int = 8):
         self.dir = Path(run_dir) / "pictures"
-        self.samples = samples
+        self.samples, self.hardest_pairs = samples, hardest_pairs
 
     def on_validation_end(self, trainer, pl_module) -> None:
         evaluation = getattr(pl_module, "last_evaluation", None)
@@ -81,6 +87,8 @@ class Pictures(pl.Callback):
 
         step = trainer.global_step
         images = self._pictures(pictures, evaluation, pl_module.last_eval_labels.cpu().numpy(), split)
+        pair_sets = getattr(pl_module, "last_pair_sets", None) or [held_out_pairs(evaluation)]
+        images.update(self._pair_pictures(pictures, pair_sets, trainer.datamodule, split))
         self.dir.mkdir(parents=True, exist_ok=True)
         for name, image in images.items():
             pictures.save_png(self.dir / f"{name}-step{step:06d}.png", image)
@@ -97,11 +105,23 @@ class Pictures(pl.Callback):
         neighbours, correct = evaluation.neighbours[queries, :5], evaluation.neighbour_correct[queries, :5]
         panel = pictures.retrieval_panel([split.decoded(int(q)).image for q in queries], _DecodedImages(split),
                                          neighbours, correct)
-        _, _, is_same = evaluation.pairs
+        return {"samples": grid, "retrieval": panel}
+
+    def _pair_pictures(self, pictures, pair_sets, datamodule, split) -> dict[str, np.ndarray]:
+        """The ROC curves of all sets on one chart, and a hardest-pairs panel per set."""
         from modules.metrics.verification import roc_curve  # noqa: PLC0415
 
-        fpr, tpr, _ = roc_curve(evaluation.distances, is_same)
-        return {"samples": grid, "retrieval": panel, "roc": pictures.roc_plot({"validation": (fpr, tpr)})}
+        def image_of(set_index: int):
+            if set_index == 0:
+                return lambda i: split.decoded(i).image
+            return lambda i: datamodule.evaluation_image(set_index, i)
+
+        curves = {s.name: roc_curve(s.distances, s.is_same)[:2] for s in pair_sets}
+        images = {"roc": pictures.roc_plot(curves)}
+        for pair_set in pair_sets:
+            images[f"hardest-pairs-{pair_set.name}"] = pictures.hardest_pairs_picture(
+                pair_set, image_of(pair_set.set_index), self.hardest_pairs)
+        return images
 
 
 class _DecodedImages:

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from trainers.config import ConfigError, load_config
+from trainers.run_dir import RUN_DIR_ENV
 
 log = logging.getLogger("visage")
 
@@ -21,6 +22,8 @@ def _quiet_libraries() -> None:
     # evaluation metrics are computed from gathered embeddings: identical on every rank already
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    # the training stream gives every worker its own shards and every rank a fixed batch count
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -83,9 +86,24 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def verification_table(metrics: dict) -> str:
+    """One line per evaluated set (``val``, ``val/lfw``, ...): 10-fold accuracy +- std and the TARs."""
+    sets = sorted(key[:-len("/accuracy")] for key in metrics if key.endswith("/accuracy"))
+    fars = sorted({key.split("@far=")[1] for key in metrics if "/tar@far=" in key}, key=float, reverse=True)
+    width = max([len(name) for name in sets] + [3])
+    lines = [f"  {'set':<{width}}  accuracy (10-fold)  " + "  ".join(f"TAR@FAR={far}" for far in fars)]
+    for name in sets:
+        accuracy = f"{metrics[name + '/accuracy']:.4f} +- {metrics.get(name + '/accuracy_std', float('nan')):.4f}"
+        tars = "  ".join(f"{metrics.get(f'{name}/tar@far={far}', float('nan')):<{len('TAR@FAR=') + len(far)}.4f}"
+                         for far in fars)
+        lines.append(f"  {name:<{width}}  {accuracy:<18}  {tars}".rstrip())
+    others = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.split("/")[-1] in ("rank1", "rank5", "mAP"))
+    return "\n".join(lines + ([f"  {others}"] if others else []))
+
+
 def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
-    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "accuracy" in k or "tar@" in k or "rank1" in k)
-    print(f"\nrun directory: {run.run_dir}\nmetrics:       {metrics_path}\n  {shown}\n"
+    print(f"\nverification on unseen identities (image + mirror embeddings):\n{verification_table(metrics)}\n"
+          f"\nrun directory: {run.run_dir}\nmetrics:       {metrics_path}\n"
           f"pictures:      {run.run_dir / 'pictures'}\ncheckpoints:   {run.run_dir / 'checkpoints'}"
           f" (best: {run.checkpoint.best_model_path or 'none'})\ncsv log:       {run.run_dir / 'csv' / 'metrics.csv'}",
           flush=True)
@@ -161,12 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         submit.set_defaults(func=run_submit)
     except ImportError:  # slurm package not installed in this environment
         pass
-    try:
-        from trainers.export import add_export_parser  # noqa: PLC0415
+    from trainers.export import add_export_parser  # noqa: PLC0415
 
-        add_export_parser(sub)
-    except ImportError:
-        pass
+    add_export_parser(sub)
     return parser
 
 
@@ -179,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    launcher_run_dir = os.environ.get(RUN_DIR_ENV)
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
@@ -190,6 +206,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"visage: error: {err}", file=sys.stderr)
             return 1
         raise
+    finally:  # the run directory chosen for this command's ranks must not leak into a later command
+        _restore_env(RUN_DIR_ENV, launcher_run_dir)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 if __name__ == "__main__":

@@ -153,10 +153,8 @@ def schema_for(task: str):
     if task == "embedder":
         return EmbedderExperiment
     if task == "recognizer":
-        try:
-            from modules.recognizer_config import RecognizerExperiment  # noqa: PLC0415 (task-specific)
-        except ImportError:
-            raise ConfigError("task: the recognizer module is not part of this Visage version yet") from None
+        from modules.recognizer_config import RecognizerExperiment  # noqa: PLC0415 (task-specific)
+
         return RecognizerExperiment
     raise ConfigError(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
@@ -290,6 +288,10 @@ def validate(cfg: DictConfig) -> None:
                               "batch_hard only)")
         if cfg.model.cross_rank_mining and cfg.data.sampler.kind != "pk":
             raise ConfigError("model.cross_rank_mining: needs data.sampler.kind=pk")
+    if cfg.task == "recognizer":
+        from modules.recognizer_config import validate_recognizer  # noqa: PLC0415 (task-specific)
+
+        validate_recognizer(cfg)
 
 
 def to_plain(cfg: DictConfig) -> dict:

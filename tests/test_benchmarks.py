@@ -1,0 +1,26 @@
+"""The benchmark scripts still run (a smoke run each on CPU with tiny sizes; no timing is checked)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_gpu_throughput_benchmark_runs_on_cpu():
+    out = _run("bench_gpu_throughput.py", "--device", "cpu", "--steps", "1", "--batch", "2",
+               "--arch", "iresnet_tiny", "--size", "32")
+    assert "train" in out and "forward" in out and "bf16" in out
+
+
+def test_partial_fc_benchmark_runs_on_two_ranks():
+    out = _run("bench_partial_fc.py", "--classes", "2000", "--steps", "1")
+    rows = [line for line in out.splitlines() if line.strip().startswith("2000")]
+    assert [row.split()[1:3] for row in rows] == [["full", "softmax"], ["PartialFC", "1.0"], ["PartialFC", "0.1"]]
