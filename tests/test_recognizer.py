@@ -239,6 +239,22 @@ def test_export_writes_a_backbone_that_loads_strictly(fitted, tmp_path):
     torch.testing.assert_close(net.eval()(images), module.eval()(images))
 
 
+def test_an_exported_backbone_fine_tunes_a_new_recognizer(fitted, tmp_path):
+    """export -> finetune.from: every backbone tensor loads (prefix found), the new classifier stays fresh."""
+    from trainers.finetune import load_pretrained  # noqa: PLC0415
+
+    _, run_dir = fitted
+    out = tmp_path / "backbone.pt"
+    assert visage(["export", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
+    module = recognizer(["model.embedding_size=32"], num_classes=7)
+    report = load_pretrained(module, out)
+    backbone_keys = {f"backbone.{k}" for k in torch.load(out, weights_only=True)}
+    assert report.prefix_map == {"": "backbone."} and set(report.loaded) == backbone_keys
+    assert report.missing == ["partial_fc.weight"] and not report.unexpected and not report.mismatched
+    exported = torch.load(out, weights_only=True)
+    torch.testing.assert_close(module.backbone.state_dict()["conv1.weight"], exported["conv1.weight"])
+
+
 def test_export_of_iresnet50_has_insightface_names(tmp_path):
     cfg = load_config(EXPERIMENT, ["model.backbone=iresnet50", "model.embedding_size=512", "data.image_size=112"])
     module = FaceRecognizer(to_plain(cfg))
