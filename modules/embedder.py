@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.distributed import all_gather_keep_local_grad, all_gather_no_grad, rank_and_world
-from modules.embedding_eval import EmbeddingEvaluation, evaluate_embeddings, gather_in_dataset_order
+from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, evaluate_embeddings,
+                                    gather_in_dataset_order)
 from modules.guards import stop_if_not_finite
 from modules.losses.triplet import TripletLoss
 from modules.nets.tiny import TinyNet
@@ -29,7 +30,7 @@ def build_embedding_net(model: dict, image_size: int) -> nn.Module:
     return build(num_features=model["embedding_size"], input_size=image_size)
 
 
-class TripletEmbedder(pl.LightningModule):
+class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
     monitor = "val/accuracy"  # the checkpoint metric (higher is better)
 
     def __init__(self, config: dict):
@@ -64,10 +65,6 @@ class TripletEmbedder(pl.LightningModule):
         return loss * scale
 
     # -- evaluation ----------------------------------------------------------------------------
-    def embed_with_flip(self, images: torch.Tensor) -> torch.Tensor:
-        """Sum of the embeddings of the image and its mirror (the insightface protocol)."""
-        return self(images) + self(torch.flip(images, dims=[3]))
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._val_parts.append((batch["index"], self.embed_with_flip(batch["image"]), batch["label"]))
 
@@ -82,15 +79,6 @@ class TripletEmbedder(pl.LightningModule):
         evaluation = evaluate_embeddings(emb, labels, self.config["data"]["val_pairs"], seed=self.config["run"]["seed"])
         self.last_evaluation, self.last_eval_labels = evaluation, labels
         self.log_dict({f"{prefix}/{k}": float(v) for k, v in evaluation.metrics.items()}, sync_dist=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._evaluate("test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "embedding": self.embed_with_flip(batch["image"]), "label": batch["label"]}
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -70,3 +70,22 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, num_pair
     metrics.update({k: float(v) for k, v in retrieval.items() if k in ("rank1", "rank5", "mAP")})
     return EmbeddingEvaluation(metrics, (idx_a, idx_b, is_same), pair_distances(emb[idx_a], emb[idx_b]), neighbours,
                                correct)
+
+
+class EmbeddingEvaluationHooks:
+    """The Lightning hooks the face embedding modules (embedder, recognizer) share: embeddings of an
+    image plus its mirror (the insightface protocol), reported by the module's ``_evaluate(prefix)``
+    after each validation and test. Mixed in before ``pl.LightningModule``."""
+
+    def embed_with_flip(self, images: torch.Tensor) -> torch.Tensor:
+        """Sum of the embeddings of the image and its mirror."""
+        return (self(images) + self(torch.flip(images, dims=[3]))).float()
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"index": batch["index"], "embedding": self.embed_with_flip(batch["image"]), "label": batch["label"]}

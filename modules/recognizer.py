@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from datamodules.recognition import HELD_OUT_SET, verification_set_names
-from modules.embedding_eval import EmbeddingEvaluation, PairSet, evaluate_embeddings, gather_in_dataset_order
+from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, PairSet,
+                                    evaluate_embeddings, gather_in_dataset_order)
 from modules.guards import stop_if_not_finite
 from modules.losses.center_loss import CenterLoss
 from modules.losses.margins import MarginHead
@@ -64,7 +65,7 @@ def build_margin_head(margin: dict) -> MarginHead:
                       straight_through=margin["straight_through"])
 
 
-class FaceRecognizer(pl.LightningModule):
+class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
     monitor = "val/accuracy"  # the held-out identities' 10-fold verification accuracy (higher is better)
 
     def __init__(self, config: dict):
@@ -158,10 +159,6 @@ class FaceRecognizer(pl.LightningModule):
             self.train(was_training)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def embed_with_flip(self, images: torch.Tensor) -> torch.Tensor:
-        """Sum of the embeddings of the image and its mirror (the insightface protocol)."""
-        return (self(images) + self(torch.flip(images, dims=[3]))).float()
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         target = batch["label"] if "label" in batch else batch["is_same"]
         self._val_parts.setdefault(dataloader_idx, []).append(
@@ -194,15 +191,6 @@ class FaceRecognizer(pl.LightningModule):
         self.last_pair_sets = pair_sets
         if metrics:
             self.log_dict(metrics, sync_dist=False)  # computed from gathered embeddings: equal on every rank
-
-    def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._evaluate("test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "embedding": self.embed_with_flip(batch["image"]), "label": batch["label"]}
 
     # -- optimisation --------------------------------------------------------------------------
     def global_batch(self) -> int:
