@@ -59,23 +59,21 @@ def open_tar(path: str) -> Iterator[BinaryIO]:
 
 
 def checksum_ok(block: bytes) -> bool:
-    """The header checksum: the sum of its bytes with the checksum field counted as 8 spaces.
-
-    Fast path: Adler-32's low half is 1 + the byte sum modulo 65521, in C. A header sums to at most
-    130,560, so this can only wrongly accept a header whose sum is off by exactly 65521; a failed
-    fast check is redone exactly, also as signed bytes (old tars), before a header is rejected.
-    """
+    """The header checksum: the sum of its bytes with the checksum field counted as 8 spaces
+    (unsigned bytes; signed bytes, as some old tars wrote it, are accepted too)."""
     field = block[148:156].split(b"\0", 1)[0].strip()
     try:
         stored = int(field, 8)
     except ValueError:  # empty or not octal
         return False
-    expected_total = stored - 8 * 32 + sum(block[148:156])  # the sum with the field's own bytes in it
-    if (1 + expected_total) % 65521 == zlib.adler32(block) & 0xFFFF:
+    # Adler-32's low half is 1 + the byte sum modulo 65521, computed in C: exact for 256 bytes,
+    # whose sum is at most 65,280
+    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+    unsigned = total - sum(block[148:156]) + 8 * 32
+    if stored == unsigned:
         return True
-    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
     signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
-    return stored in (unsigned, signed)
+    return stored == signed
 
 
 def header_number(field: bytes) -> int:

@@ -135,6 +135,11 @@ def test_header_checksum_and_numbers():
     total = sum(b if b < 128 else b - 256 for b in signed[:148] + b" " * 8 + signed[156:])
     signed[148:156] = b"%06o\0 " % total
     assert checksum_ok(bytes(signed))
+    # a stored sum off by exactly 65521 (what a modulo-65521 comparison would accept) is caught
+    stored = sum(header[:148] + b" " * 8 + header[156:])
+    off = bytearray(header)
+    off[148:156] = b"%06o\0 " % (stored + 65521)
+    assert not checksum_ok(bytes(off))
     assert header_number(b"0000644\0") == 0o644 and header_number(b"      \0\0") == 0
     assert header_number(b"\x80" + (2 ** 40).to_bytes(11, "big")) == 2 ** 40  # GNU base-256
     with pytest.raises(ValueError):
