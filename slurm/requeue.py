@@ -14,6 +14,12 @@ If training reaches its last step right then, nothing is requeued: the run simpl
 
 A SIGTERM (time limit, preemption) makes Lightning stop every rank at a batch boundary; the
 checkpoint is saved there too, so ``scontrol requeue JOB`` later resumes from it.
+
+``SigtermAtStepBoundary`` makes that stop safe. Lightning 2.6's SIGTERM handler broadcasts the
+flag from inside the signal handler, wherever the rank is: measured under `scancel --signal=TERM`,
+that broadcast paired with DDP's buffer broadcast on the other rank and gloo aborted the job before
+any checkpoint. Its replacement only notes the signal; Lightning's own broadcast at the start of
+every training batch (from rank 0, in the normal order of collectives) then stops all ranks together.
 """
 from __future__ import annotations
 
@@ -139,3 +145,21 @@ class RequeueAtStepBoundary(pl.Callback):
         if self.active and stage == "fit":
             signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
             self.active = False
+
+
+class SigtermAtStepBoundary(pl.Callback):
+    """Replaces Lightning's SIGTERM handler (registered when fit starts, restored by Lightning when
+    fit ends) by one without collectives."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
+            return  # one process: Lightning's handler runs no collective
+
+        def note_sigterm(signum, frame) -> None:
+            connector = trainer._signal_connector
+            launcher = trainer.strategy.launcher
+            if not connector.received_sigterm and launcher is not None:
+                launcher.kill(signum)  # ranks this process launched get it too, as Lightning does
+            connector.received_sigterm = True  # broadcast from rank 0 at the next batch start
+
+        signal.signal(signal.SIGTERM, note_sigterm)

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.strategies import DDPStrategy
 
-from slurm.requeue import RequeueAtStepBoundary
+from slurm.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
 from trainers.callbacks import BadDataReport, Pictures, SlurmBookkeeping, ValidationMetricsToDict
 from trainers.config import to_plain
 from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
@@ -154,7 +154,7 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     metrics = ValidationMetricsToDict()
     callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
-                 RequeueAtStepBoundary(), *extra_callbacks]
+                 RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
     if cfg.logging.pictures:
         callbacks.append(Pictures(run_dir, cfg.logging.picture_samples))
     t = cfg.trainer
