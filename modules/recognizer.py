@@ -32,7 +32,7 @@ from torch import nn
 
 from datamodules.recognition import HELD_OUT_SET, verification_set_names
 from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, PairSet,
-                                    evaluate_embeddings, gather_in_dataset_order)
+                                    evaluate_embeddings, gather_in_dataset_order, held_out_pairs)
 from modules.guards import stop_if_not_finite
 from modules.losses.center_loss import CenterLoss
 from modules.losses.margins import MarginHead
@@ -176,17 +176,16 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
                 evaluation = evaluate_embeddings(emb, target, self.config["data"]["val_pairs"],
                                                  seed=self.config["run"]["seed"], fars=FARS)
                 self.last_evaluation, self.last_eval_labels = evaluation, target
-                report, (idx_a, idx_b, same), distances = evaluation.metrics, evaluation.pairs, evaluation.distances
-                key = prefix
+                report, pair_set, key = evaluation.metrics, held_out_pairs(evaluation, name), prefix
             else:  # a .bin set: image 2i and 2i + 1 form pair i
                 emb_np = emb.cpu().numpy()
                 idx_a = np.arange(0, len(emb_np) - 1, 2)
                 idx_b, same = idx_a + 1, target.cpu().numpy()[idx_a].astype(bool)
                 report = verification_report(emb_np[idx_a], emb_np[idx_b], same, fars=FARS)
-                distances = pair_distances(emb_np[idx_a], emb_np[idx_b])
+                pair_set = PairSet(name, set_index, idx_a, idx_b, same, pair_distances(emb_np[idx_a], emb_np[idx_b]))
                 key = f"{prefix}/{name}"
             metrics.update({f"{key}/{k}": float(v) for k, v in report.items()})
-            pair_sets.append(PairSet(name, set_index, idx_a, idx_b, same, distances))
+            pair_sets.append(pair_set)
         self._val_parts.clear()
         self.last_pair_sets = pair_sets
         if metrics:

@@ -318,3 +318,18 @@ def test_hardest_pairs_picture_shows_closest_negatives_and_farthest_positives():
     picture = hardest_pairs_picture(pairs, lambda i: shown.append(i) or tiles[i], count=1)
     assert shown == [6, 7, 4, 5]  # closest different pair (0.4), then farthest same pair (1.9)
     assert picture.dtype == np.uint8 and picture.ndim == 3
+
+
+def test_verification_table_has_a_row_per_set_and_a_column_per_far():
+    from trainers.cli import verification_table  # noqa: PLC0415
+
+    metrics = {"val/accuracy": 0.95, "val/accuracy_std": 0.01, "val/tar@far=1e-03": 0.7, "val/tar@far=1e-04": 0.5,
+               "val/lfw/accuracy": 0.9, "val/lfw/accuracy_std": 0.02, "val/lfw/tar@far=1e-03": 0.3,
+               "val/lfw/tar@far=1e-04": 0.2, "val/rank1": 0.8, "train/loss": 3.0}
+    lines = verification_table(metrics).splitlines()
+    assert [line.split() for line in lines] == [
+        ["set", "accuracy", "(10-fold)", "TAR@FAR=1e-03", "TAR@FAR=1e-04"],
+        ["val", "0.9500", "+-", "0.0100", "0.7000", "0.5000"],
+        ["val/lfw", "0.9000", "+-", "0.0200", "0.3000", "0.2000"],
+        ["val/rank1=0.8000"]]
+    assert lines[1].index("0.7000") == lines[0].index("TAR@FAR=1e-03")  # values sit under their column
