@@ -1,7 +1,7 @@
 """Samples/s of Visage's training data path against two baselines measured in the same run.
 
-    python benchmarks/bench_data.py [--samples 1024] [--size 64] [--workers 0 2] [--batch 64]
-                                    [--repeats 3] [--profile]
+    python benchmarks/bench_data.py [--samples 2048] [--size 64] [--workers 0 2] [--batch 64]
+                                    [--repeats 5] [--profile]
 
 Data: ``--samples`` synthetic faces (datamodules.synth.faces.generate_faces, difficulty 0.5,
 12 images per identity, ``--size`` px, JPEG quality 95 as the synthetic default writes them),
@@ -10,10 +10,14 @@ into a folder of .jpg files and into a list in memory.
 
 Rows, for each ``--workers`` count W (0 = everything in the main process):
   bare resize      the JPEG bytes from memory -> cv2.imdecode -> BGR2RGB -> cv2.resize (INTER_AREA)
-                   -> faces.to_tensor -> torch.stack per batch; W > 0: a pool of W forked processes
-                   takes the batches one at a time and sends back only a count (a ceiling: no IPC).
+                   -> a float tensor per sample ((x - 127.5) / 128, faces.normalize_images) -> torch.stack
+                   per batch, the loop one writes by hand; W > 0: a pool of W forked processes
+                   (multiprocessing.Pool.imap, kept across epochs) makes the batches and sends them
+                   to the main process (through shared memory, as torch's loader workers do).
   bare augment     the same with the training augmentation (faces.identity_augmentation with the
                    config's default probabilities) in place of the resize.
+  bare ... ceiling (W > 0 only) the same pool sending back only a count: no transfer, the main
+                   process idle; printed for information, no goal compares with it.
   visage plain     shards -> ShardStream (tar reading, shuffle buffer of raw records (config
                    default), decode_sample: JSON parse, schema check of the task's fields, imdecode,
                    BGR2RGB) -> IdentityTransform -> PlainBatcher -> EpochLoader(num_workers=W);
@@ -22,10 +26,16 @@ Rows, for each ``--workers`` count W (0 = everything in the main process):
   folder loader    a map-style Dataset over the folder of .jpg files (read, imdecode, BGR2RGB, the
                    same IdentityTransform with augmentation) -> torch DataLoader(batch, shuffle=True,
                    num_workers=W, drop_last=True, persistent_workers=W > 0).
+The loaders' rows deliver uint8 batches (faces.image_tensor); the timed loop applies
+faces.normalize_images to each batch, the work the datamodule's after-transfer hook does on the
+device, so every row ends with the same float batch.
 Each row keeps one loader for all its epochs, as training does (EpochLoader keeps its workers
 across epochs, the folder DataLoader has persistent workers, the bare pool persists); a warm-up
-epoch starts the workers, then ``--repeats`` epochs per row are timed, the rows interleaved; the
-medians are reported. Every epoch delivers samples // batch batches.
+epoch starts the workers, then ``--repeats`` epochs per row are timed, the rows interleaved (one
+repetition runs every row once, back to back); the rates are the medians over the repetitions, a
+ratio is the median over the repetitions of the two rows' rates in the same repetition (the
+machine's drift between repetitions cancels in each pair). Every epoch delivers samples // batch
+batches.
   samples/s          delivered samples / wall seconds from asking for the epoch to its last batch.
   samples/cpu-s      delivered samples / CPU seconds of this process and all its children (loader
                      workers included, also the prefetching they do after the epoch's last batch,
@@ -65,7 +75,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from _common import load_line, median, print_table, single_threaded, spread
-from datamodules.faces import IdentityTransform, identity_augmentation, to_tensor
+from datamodules.faces import IdentityTransform, identity_augmentation, image_tensor, normalize_images
 from datamodules.reading import (BadSampleCounter, DecodedSample, EpochLoader, PlainBatcher, ShardStream,
                                  decode_sample, read_shard)
 from datamodules.samplers import PKBatcher
@@ -80,12 +90,12 @@ PK_K = 4
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=1024, help="dataset size = samples per epoch")
+    parser.add_argument("--samples", type=int, default=2048, help="dataset size = samples per epoch")
     parser.add_argument("--size", type=int, default=64, help="side of the stored JPEG faces")
     parser.add_argument("--image-size", type=int, default=64, help="side of the training tensors")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per row")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per row")
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=SamplerConfig().pool_size, help="PKBatcher pool")
     parser.add_argument("--shuffle-buffer", type=int, default=DataConfig().shuffle_buffer)
@@ -146,7 +156,7 @@ def bare_batches(encoded, batch_indices: list[list[int]], image_op):
         for i in indices:
             data, label = encoded[i]
             image = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            images.append(to_tensor(image_op(image)))
+            images.append(normalize_images(image_tensor(image_op(image))))
             labels.append(label)
         yield {"image": torch.stack(images), "label": torch.tensor(labels)}
 
@@ -170,20 +180,21 @@ class Augment:
 _BARE_JOBS: dict[int, tuple] = {}  # job id -> (encoded, image_op), inherited by the forked pool
 
 
-def _bare_batch(task: tuple[int, list[int]]) -> int:
-    job, indices = task
+def _bare_batch(task: tuple[int, list[int], bool]) -> dict | int:
+    job, indices, deliver = task
     encoded, image_op = _BARE_JOBS[job]
-    for _ in bare_batches(encoded, [indices], image_op):
-        pass
-    return len(indices)
+    batch = next(bare_batches(encoded, [indices], image_op))
+    return batch if deliver else len(indices)
 
 
 class BareLoop:
     """The bare loop; with workers, a pool of forked processes kept across epochs (as the loaders
-    keep theirs) takes the epoch's batches one at a time and sends back only a count."""
+    keep theirs) takes the epoch's batches one at a time and sends them to the main process in
+    order (``deliver``) or sends back only a count."""
 
-    def __init__(self, encoded, batch: int, workers: int, image_op, rng: random.Random):
+    def __init__(self, encoded, batch: int, workers: int, image_op, rng: random.Random, deliver: bool = True):
         self.encoded, self.batch, self.workers, self.image_op, self.rng = encoded, batch, workers, image_op, rng
+        self.deliver = deliver
         self.pool = None
 
     def epoch(self) -> tuple[float, float | None]:
@@ -201,8 +212,10 @@ class BareLoop:
             job = len(_BARE_JOBS)
             _BARE_JOBS[job] = (self.encoded, self.image_op)
             self.job, self.pool = job, mp.get_context("fork").Pool(self.workers)
-        self.pool.map(_bare_batch, [(self.job, indices) for indices in batch_indices], chunksize=1)
-        return time.perf_counter() - start, None
+        first = None
+        for _ in self.pool.imap(_bare_batch, [(self.job, indices, self.deliver) for indices in batch_indices]):
+            first = first if first is not None else time.perf_counter() - start
+        return time.perf_counter() - start, first
 
     def close(self) -> None:
         if self.pool is not None:
@@ -271,10 +284,12 @@ class Epoch:
 
 
 def iterate(loader) -> tuple[float, float, int]:
-    """(wall seconds, seconds to the first batch, samples delivered) of one pass over ``loader``."""
+    """(wall seconds, seconds to the first batch, samples delivered) of one pass over ``loader``;
+    each uint8 batch is normalised as the datamodule's after-transfer hook does."""
     start = time.perf_counter()
     first, delivered = None, 0
     for batch in loader:
+        normalize_images(batch["image"])
         delivered += len(batch["label"])
         first = first if first is not None else time.perf_counter() - start
     return time.perf_counter() - start, first, delivered
@@ -293,6 +308,14 @@ class Row:
     def cpu_rate(self) -> float:
         return median([e.delivered / e.cpu for e in self.epochs])
 
+    def paired_ratio(self, base: "Row", cpu: bool = False) -> float:
+        """Median over the repetitions of this row's rate / the baseline's rate in the same
+        repetition: the rows of a repetition run back to back, so drift of the machine's speed
+        between repetitions cancels in each pair."""
+        def rate(e: Epoch) -> float:
+            return e.delivered / (e.cpu if cpu else e.wall)
+        return median([rate(mine) / rate(theirs) for mine, theirs in zip(self.epochs, base.epochs)])
+
 
 def build_rows(data: BenchData, args, workers: int) -> list[Row]:
     """The rows for one worker count; each row keeps one loader (and its workers) for all its epochs."""
@@ -302,8 +325,8 @@ def build_rows(data: BenchData, args, workers: int) -> list[Row]:
     counter = mp.Value("q", 0)
     rng = random.Random(0)
 
-    def bare(image_op) -> tuple:
-        loop = BareLoop(data.encoded, args.batch, workers, image_op, rng)
+    def bare(image_op, deliver: bool = True) -> tuple:
+        loop = BareLoop(data.encoded, args.batch, workers, image_op, rng, deliver)
 
         def run() -> Epoch:
             cpu = cpu_seconds()
@@ -335,9 +358,16 @@ def build_rows(data: BenchData, args, workers: int) -> list[Row]:
     bare_augment, close_augment = bare(Augment(args.image_size, augment))
     pk = PKBatcher(args.batch // PK_K, PK_K, pool_size=args.pool_size)
     plain = PlainBatcher(args.batch)
+    ceilings = []
+    if workers:
+        for name, image_op in (("bare resize ceiling", Resize(args.image_size)),
+                               ("bare augment ceiling", Augment(args.image_size, augment))):
+            run, close = bare(image_op, deliver=False)
+            ceilings.append(Row(name, workers, run, close=close))
     return [
         Row("bare resize", workers, bare_resize, close=close_resize),
         Row("bare augment", workers, bare_augment, close=close_augment),
+        *ceilings,
         Row("visage plain, no augment", workers, visage(IdentityTransform(args.image_size), plain),
             "bare resize", GOAL_VS_BARE),
         Row("visage plain + augment", workers, visage(IdentityTransform(args.image_size, augment), plain),
@@ -370,7 +400,8 @@ def report(rows: list[Row], batch: int) -> None:
             baselines.append(("folder loader + augment", GOAL_VS_FOLDER))
         for name, goal in baselines:
             base = by_name[(name, row.workers)]
-            ratios.append(f"{rate / base.rate():.2f} (cpu {cpu_rate / base.cpu_rate():.2f}) x {name.split(' +')[0]}"
+            ratios.append(f"{row.paired_ratio(base):.2f} (cpu {row.paired_ratio(base, cpu=True):.2f}) x "
+                          f"{name.split(' +')[0]}"
                           f" [goal >= {goal}]")
         after = [(e.delivered - batch) / (e.wall - e.first) for e in row.epochs if e.first is not None]
         table.append([row.name, str(row.workers), f"{rate:,.0f}", spread([e.delivered / e.wall for e in row.epochs]),
@@ -407,9 +438,12 @@ def stage_costs(data: BenchData, args) -> None:
         ("visage  decode_sample (the four stages above but the tar)",
          lambda: [decode_sample(raw, ("identity",)) for raw in raws]),
         ("visage  IdentityTransform, no augment", lambda: [plain(sample) for sample in decoded]),
-        ("bare    cv2.resize + to_tensor", lambda: [to_tensor(Resize(args.image_size)(image)) for image in images]),
+        ("bare    cv2.resize + float tensor", lambda: [normalize_images(image_tensor(Resize(args.image_size)(image)))
+                                                   for image in images]),
         ("visage  IdentityTransform + augment", lambda: [augmented(sample) for sample in decoded]),
-        ("visage  PlainBatcher (collate)", lambda: list(PlainBatcher(args.batch)(iter(transformed), None))),
+        ("visage  PlainBatcher (collate: uint8 stack)", lambda: list(PlainBatcher(args.batch)(iter(transformed), None))),
+        ("visage  normalize_images per batch",
+         lambda: [normalize_images(b["image"]) for b in PlainBatcher(args.batch)(iter(transformed), None)]),
     ]
     print(f"\n--- CPU microseconds per sample of each stage ({len(raws)} samples, best of 3) ---")
     for name, run in stages:

@@ -48,8 +48,10 @@ class BadSampleCounter:
             self.examples[kind] = where
             log.warning("skipping bad data (%s): %s", kind, where)
 
-    def take(self) -> torch.Tensor:
-        out = torch.tensor([self.counts.get(k, 0) for k in BAD_SAMPLE_KINDS], dtype=torch.long)
+    def take(self) -> tuple[int, ...]:
+        """The counts in ``BAD_SAMPLE_KINDS`` order, as plain ints: inside a batch from a loader
+        worker a tensor would cost a shared-memory handle of its own (a socket round trip)."""
+        out = tuple(self.counts.get(k, 0) for k in BAD_SAMPLE_KINDS)
         self.counts.clear()
         return out
 
@@ -292,7 +294,7 @@ class EpochLoader:
         it = iter(self._loader_for(self.epoch))
         for index in range(self.batches_per_epoch):
             batch = next(it)
-            self.bad_samples += batch["bad_samples"]
+            self.bad_samples += torch.tensor(batch["bad_samples"])
             if index >= skip:
                 yield batch
         self.epoch += 1
@@ -324,7 +326,7 @@ class MemorySplit(Dataset):
                     counter.add(err.kind, str(err))
                     continue
                 self.records.append(raw)
-        self.bad_samples = counter.take()
+        self.bad_samples = torch.tensor(counter.take())
 
     def __len__(self) -> int:
         return len(self.records)

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from datamodules.base import ShardDataModule
 from datamodules.converters.verification_bin import VerificationBinError, read_verification_bin
-from datamodules.faces import IdentityTransform, to_tensor
+from datamodules.faces import FaceIdentityDataModule, image_tensor
 from datamodules.reading import PlainBatcher, collate
 
 HELD_OUT_SET = "val"
@@ -72,24 +71,19 @@ class VerificationBinSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image = cv2.resize(self.decoded_image(index), (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        return {"image": to_tensor(image), "index": torch.tensor(index),
+        return {"image": image_tensor(image), "index": torch.tensor(index),
                 "is_same": torch.tensor(int(self.is_same[index // 2])), "key": f"{self.name}/{index}"}
 
 
-class RecognitionDataModule(ShardDataModule):
-    required_fields = ("identity",)
+class RecognitionDataModule(FaceIdentityDataModule):
+    """The face identity data (transforms, uint8 batches normalised on the device) in plain batches,
+    plus the verification sets."""
 
     def __init__(self, data: dict, seed: int = 0):
         super().__init__(data, seed)
         self.verification_sets: list[VerificationBinSet] = []
 
     # -- what the task provides ---------------------------------------------------------------
-    def train_transform(self) -> Callable:
-        return IdentityTransform(self.data["image_size"], self.data["augment"])
-
-    def eval_transform(self) -> Callable:
-        return IdentityTransform(self.data["image_size"])
-
     def batcher(self) -> Callable:
         return PlainBatcher(self.data["batch_size"])
 

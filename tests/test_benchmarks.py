@@ -24,3 +24,13 @@ def test_partial_fc_benchmark_runs_on_two_ranks():
     out = _run("bench_partial_fc.py", "--classes", "2000", "--steps", "1")
     rows = [line for line in out.splitlines() if line.strip().startswith("2000")]
     assert [row.split()[1:3] for row in rows] == [["full", "softmax"], ["PartialFC", "1.0"], ["PartialFC", "0.1"]]
+
+
+def test_data_benchmark_runs_every_row_with_and_without_workers():
+    out = _run("bench_data.py", "--samples", "128", "--batch", "32", "--repeats", "1", "--workers", "0", "1")
+    names = ["bare resize", "bare augment", "visage plain, no augment", "visage plain + augment",
+             "visage pk + augment", "folder loader + augment"]
+    rows = {(name, workers) for line in out.splitlines() for name in [*names, "bare augment ceiling"]
+            for workers in ("0", "1") if line.startswith(name) and line[len(name):].split()[:1] == [workers]}
+    assert rows == {(name, workers) for name in names for workers in ("0", "1")} | {("bare augment ceiling", "1")}
+    assert "x folder loader [goal >= 1.0]" in out
