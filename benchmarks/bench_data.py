@@ -442,7 +442,7 @@ def stage_costs(data: BenchData, args) -> None:
                                                    for image in images]),
         ("visage  IdentityTransform + augment", lambda: [augmented(sample) for sample in decoded]),
         ("visage  PlainBatcher (collate: uint8 stack)", lambda: list(PlainBatcher(args.batch)(iter(transformed), None))),
-        ("visage  normalize_images per batch",
+        ("visage  PlainBatcher + normalize_images per batch (minus the line above: the normalisation)",
          lambda: [normalize_images(b["image"]) for b in PlainBatcher(args.batch)(iter(transformed), None)]),
     ]
     print(f"\n--- CPU microseconds per sample of each stage ({len(raws)} samples, best of 3) ---")

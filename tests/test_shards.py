@@ -236,9 +236,8 @@ def test_an_epoch_decodes_only_the_samples_its_batches_use(identity_dataset):
 
 def test_face_batches_travel_as_uint8_and_are_normalised_on_the_device(identity_dataset):
     """A worker's batch is uint8 N x 3 x H x W; the datamodule's after-transfer hook turns it into
-    (x - 127.5) / 128 of the JPEG decoded by PIL, the insightface input, computed here by hand."""
-    import io
-    from PIL import Image
+    (x - 127.5) / 128 of the shard's JPEG, the insightface input, computed here by hand in float64."""
+    import cv2
     from datamodules.faces import FaceIdentityDataModule, IdentityTransform
     shards = read_index(identity_dataset / "train").shards
     stream = ShardStream(shards, IdentityTransform(32), PlainBatcher(4), ("identity",), seed=3)
@@ -247,13 +246,13 @@ def test_face_batches_travel_as_uint8_and_are_normalised_on_the_device(identity_
     records = {raw["__key__"]: raw for url, n in shards for raw in read_shard(url, BadSampleCounter(), n)}
     expected = []
     for key in batch["key"]:
-        rgb = np.asarray(Image.open(io.BytesIO(records[key]["jpg"])).convert("RGB"), dtype=np.float64)
-        assert rgb.shape == (32, 32, 3)  # stored at the training size: the resize keeps every pixel
-        expected.append((rgb.transpose(2, 0, 1) - 127.5) / 128)
+        bgr = cv2.imdecode(np.frombuffer(records[key]["jpg"], np.uint8), cv2.IMREAD_COLOR)
+        assert bgr.shape == (32, 32, 3)  # stored at the training size: the resize keeps every pixel
+        expected.append((bgr[:, :, ::-1].transpose(2, 0, 1).astype(np.float64) - 127.5) / 128)
     module = FaceIdentityDataModule({"image_size": 32})
     normalised = module.on_after_batch_transfer(dict(batch), 0)["image"]
     assert normalised.dtype == torch.float32
-    # PIL and OpenCV share libjpeg's decoder but may differ by one level in chroma upsampling
-    assert np.abs(normalised.numpy() - np.stack(expected)).max() <= 1 / 128 + 1e-6
+    # float32 holds (x - 127.5) / 128 exactly for every uint8 x: a wrong scale or offset shows here
+    assert np.abs(normalised.numpy() - np.stack(expected)).max() <= 1e-7
     with pytest.raises(TypeError, match="uint8"):
         module.on_after_batch_transfer({"image": normalised}, 0)
