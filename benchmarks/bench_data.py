@@ -28,7 +28,10 @@ Rows, for each ``--workers`` count W (0 = everything in the main process):
                    num_workers=W, drop_last=True, persistent_workers=W > 0).
 The loaders' rows deliver uint8 batches (faces.image_tensor); the timed loop applies
 faces.normalize_images to each batch, the work the datamodule's after-transfer hook does on the
-device, so every row ends with the same float batch.
+device, so every row ends with the same float values. Layouts differ: the visage rows' batches are
+channels-last (datamodules.reading.stack copies H x W x C images as they are), the bare loop's and
+the folder loader's are contiguous N x C x H x W (torch.stack transposes each image); convolutions
+take either (the recognizer's model.channels_last picks the backbone's).
 Each row keeps one loader for all its epochs, as training does (EpochLoader keeps its workers
 across epochs, the folder DataLoader has persistent workers, the bare pool persists); a warm-up
 epoch starts the workers, then ``--repeats`` epochs per row are timed, the rows interleaved (one

@@ -14,19 +14,20 @@ from datamodules.samplers import PKBatcher
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H x W x 3 -> uint8 C x H x W (a view: ``collate`` stacks the batch in one copy).
+    """uint8 H x W x 3 -> uint8 C x H x W, a view of the same memory: ``collate`` stacks such views
+    in one plain copy each into a channels-last N x C x H x W batch (no transposition anywhere).
 
     Face batches travel as uint8 (a quarter of float32's bytes through loader workers' shared memory
     and to the device) and are normalised per batch on the device by ``normalize_images``; a float
     conversion per sample costs more than decoding a 64 px JPEG."""
-    return torch.from_numpy(image).permute(2, 0, 1)
+    return torch.from_numpy(image.transpose(2, 0, 1))  # NumPy's view: a torch permute costs 1 us more
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float in about [-1, 1]: (x - 127.5) / 128, the insightface input."""
     if images.dtype != torch.uint8:
         raise TypeError(f"normalize_images expects the loaders' uint8 images, got {images.dtype}")
-    return images.float().sub_(127.5).div_(128.0)
+    return images.float().sub_(127.5).mul_(1 / 128)  # 1/128 is exact, and a product is cheaper than a quotient
 
 
 class NormalizedFaceBatches:

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 from datamodules.schema import IMAGE_EXTENSIONS, SampleError, parse_annotation, validate_annotation
 from datamodules.tar_reader import tar_records
 
@@ -80,10 +80,13 @@ def decode_sample(raw: dict, required: tuple[str, ...], check_all: bool = False)
         validate_annotation(annotation, required, only=None if check_all else required)
     except SampleError as err:
         raise SampleError(err.kind, f"sample {key!r}: {err}") from None
-    data = next((raw[ext] for ext in IMAGE_EXTENSIONS if ext in raw), None)
+    for ext in IMAGE_EXTENSIONS:  # a loop, not a generator expression: this runs per sample
+        data = raw.get(ext)
+        if data is not None:
+            break
     if data is None:
         raise SampleError("missing_field", f"sample {key!r} has no image (jpg or png)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
     if image is None:
         raise SampleError("undecodable_image", f"sample {key!r}: image bytes cannot be decoded")
     return DecodedSample(key, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), annotation)
@@ -212,13 +215,27 @@ class ShardStream(IterableDataset):
             yield batch
 
 
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor of equal-shaped tensors, stacked in their memory layout.
+
+    Images arrive as C x H x W views of H x W x C arrays (``faces.image_tensor``): they are stacked
+    as N x H x W x C, one plain copy per image, and handed over as an N x C x H x W view of it, the
+    channels-last layout convolutions take directly. ``torch.stack`` would transpose every image
+    into N x C x H x W memory instead. Inside a loader worker ``default_collate`` writes the batch
+    straight into shared memory, which the batch must reach anyway to leave the worker."""
+    first = tensors[0]
+    if first.dim() == 3 and first.stride(0) == 1 and first.size(0) > 1 and first.permute(1, 2, 0).is_contiguous():
+        return default_collate([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
+    return default_collate(tensors)
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors, make integers (labels) one tensor, keep everything else as lists."""
+    """Stack tensors (``stack``), make integers (labels) one tensor, keep everything else as lists."""
     out = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
         if isinstance(values[0], torch.Tensor):
-            out[name] = torch.stack(values)
+            out[name] = stack(values)
         elif isinstance(values[0], int):
             out[name] = torch.tensor(values)
         else:

@@ -64,7 +64,8 @@ class VerificationBinSet(Dataset):
 
     def decoded_image(self, index: int) -> np.ndarray:
         """Image ``index`` as H x W x 3 uint8 RGB, at its stored size."""
-        image = cv2.imdecode(np.frombuffer(self.images[index], np.uint8), cv2.IMREAD_COLOR)
+        data = self.images[index]
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
         if image is None:
             raise VerificationBinError(f"{self.path}: image {index} (pair {index // 2}) cannot be decoded")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

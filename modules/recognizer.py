@@ -111,9 +111,10 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
         exclude_partial_fc_from_ddp(self)  # Lightning's DDP wraps this module: it honours the list
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.config["model"]["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
+        # the loaders' batches are channels-last (datamodules.reading.stack): the backbone gets the
+        # layout its config names, a no-op for channels_last and one copy on the device otherwise
+        layout = torch.channels_last if self.config["model"]["channels_last"] else torch.contiguous_format
+        return self.backbone(images.contiguous(memory_format=layout))
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -54,7 +54,7 @@ class RecognizerModelConfig:
     backbone: str = "iresnet50"         # iresnet_tiny | iresnet18/34/50/100 | mobilefacenet
     embedding_size: int = 512
     dropout: float = 0.0                # before the embedding layer (iresnet)
-    channels_last: bool = False         # NHWC memory format (faster convolutions on recent GPUs)
+    channels_last: bool = False         # backbone weights and inputs NHWC (faster convolutions on recent GPUs)
     num_classes: Optional[int] = None   # null = num_identities of the training split's index
     margin: MarginConfig = field(default_factory=MarginConfig)
     partial_fc: PartialFCConfig = field(default_factory=PartialFCConfig)

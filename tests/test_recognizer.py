@@ -119,6 +119,18 @@ def test_bf16_autocast_keeps_logits_and_loss_in_float32_with_channels_last():
     assert module.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backbone_sees_the_configured_layout_whatever_the_batch_layout(channels_last):
+    module = recognizer([f"model.channels_last={str(channels_last).lower()}"])
+    seen = []
+    module.backbone.register_forward_pre_hook(lambda net, args: seen.append(args[0]))
+    images = batch()["image"]
+    for layout in (torch.contiguous_format, torch.channels_last):  # the loaders hand over channels-last
+        module(images.contiguous(memory_format=layout))
+    wanted = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(x.is_contiguous(memory_format=wanted) and torch.equal(x, images) for x in seen) and len(seen) == 2
+
+
 # -- label errors -------------------------------------------------------------------------------
 def test_out_of_range_label_error_names_the_sample_key():
     module = recognizer()

@@ -81,6 +81,7 @@ def _write_bad_split(root):
     shard("shard-000000.tar", [{"__key__": f"good{i}", "jpg": good, "json": ok} for i in range(4)] + [
         {"__key__": "truncated_jpeg", "jpg": good[: len(good) // 3], "json": ok},
         {"__key__": "not_an_image", "jpg": b"hello", "json": ok},
+        {"__key__": "empty_image", "jpg": b"", "json": ok},
         {"__key__": "bad_json", "jpg": good, "json": b"{identity: "},
         {"__key__": "no_identity", "jpg": good, "json": json.dumps({"box": [0, 0, 5, 5]}).encode()},
         {"__key__": "wrong_shape", "jpg": good, "json": json.dumps({"identity": [1, 2]}).encode()},
@@ -94,7 +95,7 @@ def _write_bad_split(root):
     (split / "shard-000002.tar").write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
     data = (split / "shard-000003.tar").read_bytes()
     (split / "shard-000003.tar").write_bytes(data[:5 * 1024 * 3])  # cut at a member boundary
-    (split / "index.json").write_text(json.dumps({"schema_version": 1, "split": "train", "num_samples": 20,
+    (split / "index.json").write_text(json.dumps({"schema_version": 1, "split": "train", "num_samples": 21,
                                                   "shards": shards}))
     return split
 
@@ -107,7 +108,7 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path):
     # a task reading identities uses a sample whose unused box is malformed; `data inspect` flags it
     assert keys[:5] == [f"good{i}" for i in range(4)] + ["unused_field_wrong"]
     assert all(k.startswith("cut") for k in keys[5:]) and len(keys) >= 6  # the readable part of the cut tar
-    assert counts["undecodable_image"] == 2          # truncated JPEG + not an image
+    assert counts["undecodable_image"] == 3          # truncated JPEG, not an image, no bytes at all
     assert counts["bad_json"] == 1
     assert counts["missing_field"] == 2              # no identity + no image
     assert counts["bad_shape"] == 1
@@ -256,3 +257,37 @@ def test_face_batches_travel_as_uint8_and_are_normalised_on_the_device(identity_
     assert np.abs(normalised.numpy() - np.stack(expected)).max() <= 1e-7
     with pytest.raises(TypeError, match="uint8"):
         module.on_after_batch_transfer({"image": normalised}, 0)
+
+
+class CollateInWorker(torch.utils.data.IterableDataset):
+    """Yields, from inside a loader worker, a batch of ``collate`` and whether its images were
+    stacked in shared memory."""
+
+    def __iter__(self):
+        from datamodules.faces import image_tensor
+        from datamodules.reading import collate
+        batch = collate([{"image": image_tensor(image), "label": i} for i, image in enumerate(hwc_images())])
+        yield {"shared": batch["image"].is_shared(), "image": batch["image"], "label": batch["label"]}
+
+
+def hwc_images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8) for _ in range(3)]
+
+
+def test_collate_stacks_images_channels_last_into_shared_memory_inside_a_loader_worker():
+    """A batch leaves a worker through shared memory, and stacking it there directly saves a copy.
+    Images are stacked in their H x W x C memory: the batch is N x C x H x W, channels-last."""
+    from datamodules.faces import image_tensor
+    from datamodules.reading import batch_as_is, collate
+    out = next(iter(torch.utils.data.DataLoader(CollateInWorker(), batch_size=None, num_workers=1,
+                                                collate_fn=batch_as_is)))
+    expected = torch.from_numpy(np.stack(hwc_images()).transpose(0, 3, 1, 2).copy())  # N x C x H x W by hand
+    assert out["shared"] is True and out["label"].tolist() == [0, 1, 2]
+    assert out["image"].shape == (3, 3, 5, 7) and torch.equal(out["image"], expected)
+    assert out["image"].is_contiguous(memory_format=torch.channels_last)
+    in_main = collate([{"image": image_tensor(image)} for image in hwc_images()])["image"]
+    assert torch.equal(in_main, expected) and in_main.is_contiguous(memory_format=torch.channels_last)
+    assert not in_main.is_shared()  # no shared memory outside workers
+    plain = collate([{"x": torch.arange(6.0).view(1, 2, 3)}, {"x": torch.zeros(1, 2, 3)}])["x"]
+    assert plain.is_contiguous() and plain[0].tolist() == [[[0, 1, 2], [3, 4, 5]]]  # others: torch's stack

@@ -131,3 +131,13 @@ def test_same_pairs_are_uniform_over_pairs_not_identities():
         pairs = _sample_balanced_pairs(identities, 4, np.random.default_rng(seed))
         big += sum(identities[a] == 0 for a, _, same in pairs if same)
     assert 0.92 < big / 600 < 0.98
+
+
+@pytest.mark.parametrize("bad_image", [b"", b"\xff\xd8\xff not a jpeg"])
+def test_an_undecodable_image_fails_at_setup_naming_the_file_and_the_pair(tmp_path, bad_image):
+    from datamodules.recognition import VerificationBinSet
+    images = fake_images(4)
+    images[3] = bad_image
+    path = write_verification_bin(tmp_path / "lfw.bin", images, [True, False])
+    with pytest.raises(VerificationBinError, match=r"lfw.bin: image 3 \(pair 1\) cannot be decoded"):
+        VerificationBinSet(path, image_size=16)
