@@ -67,6 +67,13 @@ class DecodedSample:
     annotation: dict
 
 
+def decode_rgb(data: bytes) -> np.ndarray | None:
+    """Encoded image bytes -> H x W x 3 uint8 RGB; None when they are empty or not an image
+    (OpenCV raises on empty bytes instead of returning None)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def decode_sample(raw: dict, required: tuple[str, ...], check_all: bool = False) -> DecodedSample:
     """Turn a raw webdataset record into an image array and an annotation holding the ``required``
     fields, validated (with ``check_all``: every field, all validated). Training reads what the
@@ -86,10 +93,10 @@ def decode_sample(raw: dict, required: tuple[str, ...], check_all: bool = False)
             break
     if data is None:
         raise SampleError("missing_field", f"sample {key!r} has no image (jpg or png)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
+    image = decode_rgb(data)
     if image is None:
         raise SampleError("undecodable_image", f"sample {key!r}: image bytes cannot be decoded")
-    return DecodedSample(key, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), annotation)
+    return DecodedSample(key, image, annotation)
 
 
 def read_shard(url: str, counter: BadSampleCounter, expected: int | None = None) -> Iterator[dict]:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.converters.verification_bin import VerificationBinError, read_verification_bin
 from datamodules.faces import FaceIdentityDataModule, image_tensor
-from datamodules.reading import PlainBatcher, collate
+from datamodules.reading import PlainBatcher, collate, decode_rgb
 
 HELD_OUT_SET = "val"
 
@@ -64,11 +64,10 @@ class VerificationBinSet(Dataset):
 
     def decoded_image(self, index: int) -> np.ndarray:
         """Image ``index`` as H x W x 3 uint8 RGB, at its stored size."""
-        data = self.images[index]
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
+        image = decode_rgb(self.images[index])
         if image is None:
             raise VerificationBinError(f"{self.path}: image {index} (pair {index // 2}) cannot be decoded")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return image
 
     def __getitem__(self, index: int) -> dict:
         image = cv2.resize(self.decoded_image(index), (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)

@@ -36,9 +36,7 @@ __all__ = ["IdentityParams", "Nuisance", "sample_identity", "draw_face", "render
 BLURRY_RATE = CELEBA_POSITIVE_RATES[ATTRIBUTE_INDEX["Blurry"]]
 FACE_HEIGHT = (0.55, 0.61)  # face (skull top to chin) height as a fraction of the crop, at difficulty 0
 FACE_CENTRE_Y = 0.46
-
-
-COORDINATE_DECIMALS = 3
+COORDINATE_DECIMALS = 3  # annotation coordinates to 1/1000 px, far finer than OpenCV draws (1/16 px)
 
 
 def render_face(params: IdentityParams, rng: np.random.Generator, size: int = 112, difficulty: float = 0.5,
@@ -69,7 +67,6 @@ def render_face(params: IdentityParams, rng: np.random.Generator, size: int = 11
         image = jpeg_roundtrip(image, int(round(95 - rng.uniform(0, 70.0 * n.jpeg))))
     attributes = face["attributes"]
     attributes[ATTRIBUTE_INDEX["Blurry"]] = int(blurry)
-    # coordinates kept to 1/1000 px, far finer than OpenCV draws them (1/16 px): half the JSON bytes
     annotation = {
         "identity": params.identity,
         "box": np.round(face["box"], COORDINATE_DECIMALS).tolist(),
