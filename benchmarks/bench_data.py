@@ -80,7 +80,7 @@ from torch.utils.data import DataLoader, Dataset
 from _common import load_line, median, print_table, single_threaded, spread
 from datamodules.faces import IdentityTransform, identity_augmentation, image_tensor, normalize_images
 from datamodules.reading import (BadSampleCounter, DecodedSample, EpochLoader, PlainBatcher, ShardStream,
-                                 decode_sample, read_shard)
+                                 decode_rgb, decode_sample, read_shard)
 from datamodules.samplers import PKBatcher
 from datamodules.schema import parse_annotation, validate_annotation
 from datamodules.shards import ShardWriter, encode_image, read_index
@@ -425,35 +425,35 @@ def stage_costs(data: BenchData, args) -> None:
     augment = dataclasses.asdict(AugmentConfig())
     counter = BadSampleCounter()
     raws = [raw for url, expected in data.shards for raw in read_shard(url, counter, expected)]
-    annotations = [parse_annotation(raw["json"]) for raw in raws]
-    images = [cv2.cvtColor(cv2.imdecode(np.frombuffer(raw["jpg"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-              for raw in raws]
+    # the task's fields only: every field of 2,048 annotations would keep half a million objects
+    # alive, and Python's garbage collector would walk them inside every stage timed below
+    annotations = [parse_annotation(raw["json"], ("identity",)) for raw in raws]
+    images = [decode_rgb(raw["jpg"]) for raw in raws]
     decoded = [DecodedSample(raw["__key__"], image, ann) for raw, image, ann in zip(raws, images, annotations)]
     plain, augmented = IdentityTransform(args.image_size), IdentityTransform(args.image_size, augment)
     transformed = [plain(sample) for sample in decoded]
+    resize = Resize(args.image_size)
+    jsons, jpgs = [raw["json"] for raw in raws], [raw["jpg"] for raw in raws]
+    # every stage drops each result at once, as a stream does: keeping 2,048 of them would time the
+    # allocator and the garbage collector as much as the stage
     stages = [
         ("visage  tar reading (read_shard: datamodules.tar_reader)",
-         lambda: [None for url, expected in data.shards for _ in read_shard(url, BadSampleCounter(), expected)]),
+         lambda: each(len, (raw for url, expected in data.shards for raw in read_shard(url, BadSampleCounter(), expected)))),
         ("visage  parse_annotation(json, ('identity',)): msgspec, the task's fields only",
-         lambda: [parse_annotation(raw["json"], ("identity",)) for raw in raws]),
-        # each result dropped at once: a list of 2,048 parsed annotations (half a million objects)
-        # would time Python's garbage collector walking them, not the parser
-        ("(parse_annotation of every field, for comparison)", lambda: each(parse_annotation, [r["json"] for r in raws])),
-        ("(json.loads of every field, for comparison)", lambda: each(json.loads, [raw["json"] for raw in raws])),
+         lambda: each(lambda j: parse_annotation(j, ("identity",)), jsons)),
+        ("(parse_annotation of every field, for comparison)", lambda: each(parse_annotation, jsons)),
+        ("(json.loads of every field, for comparison)", lambda: each(json.loads, jsons)),
         ("visage  validate_annotation(annotation, ('identity',), only=('identity',))",
-         lambda: [validate_annotation(ann, ("identity",), only=("identity",)) for ann in annotations]),
-        ("both    imdecode + BGR2RGB", lambda: [cv2.cvtColor(cv2.imdecode(np.frombuffer(raw["jpg"], np.uint8),
-                                                                          cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                                                for raw in raws]),
+         lambda: each(lambda ann: validate_annotation(ann, ("identity",), only=("identity",)), annotations)),
+        ("both    imdecode + BGR2RGB (decode_rgb)", lambda: each(decode_rgb, jpgs)),
         ("visage  decode_sample (the four stages above but the tar)",
-         lambda: [decode_sample(raw, ("identity",)) for raw in raws]),
-        ("visage  IdentityTransform, no augment", lambda: [plain(sample) for sample in decoded]),
-        ("bare    cv2.resize + float tensor", lambda: [normalize_images(image_tensor(Resize(args.image_size)(image)))
-                                                   for image in images]),
-        ("visage  IdentityTransform + augment", lambda: [augmented(sample) for sample in decoded]),
-        ("visage  PlainBatcher (collate: uint8 stack)", lambda: list(PlainBatcher(args.batch)(iter(transformed), None))),
+         lambda: each(lambda raw: decode_sample(raw, ("identity",)), raws)),
+        ("visage  IdentityTransform, no augment", lambda: each(plain, decoded)),
+        ("bare    cv2.resize + float tensor", lambda: each(lambda im: normalize_images(image_tensor(resize(im))), images)),
+        ("visage  IdentityTransform + augment", lambda: each(augmented, decoded)),
+        ("visage  PlainBatcher (collate: uint8 stack)", lambda: each(len, PlainBatcher(args.batch)(iter(transformed), None))),
         ("visage  PlainBatcher + normalize_images per batch (minus the line above: the normalisation)",
-         lambda: [normalize_images(b["image"]) for b in PlainBatcher(args.batch)(iter(transformed), None)]),
+         lambda: each(lambda b: normalize_images(b["image"]), PlainBatcher(args.batch)(iter(transformed), None))),
     ]
     print(f"\n--- CPU microseconds per sample of each stage ({len(raws)} samples, best of 3) ---")
     for name, run in stages:
@@ -464,7 +464,7 @@ def stage_costs(data: BenchData, args) -> None:
             best = min(best, time.process_time() - start)
         print(f"{1e6 * best / len(raws):9.1f}  {name}")
     mean_json = np.mean([len(raw["json"]) for raw in raws])
-    print(f"(annotation JSON: {mean_json:.0f} bytes per sample on average; fields {sorted(annotations[0])})")
+    print(f"(annotation JSON: {mean_json:.0f} bytes per sample on average; fields {sorted(parse_annotation(raws[0]['json']))})")
 
 
 def profile(data: BenchData, args) -> None:
