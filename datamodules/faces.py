@@ -65,8 +65,10 @@ class IdentityTransform:
     def __call__(self, sample: DecodedSample) -> dict:
         if self.augment is not None:
             image = self.augment(image=sample.image)["image"]
-        else:
+        elif sample.image.shape[:2] != (self.size, self.size):
             image = cv2.resize(sample.image, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        else:  # the decoded array is this sample's own: no copy needed
+            image = sample.image
         # the label stays an int: collate makes one tensor per batch (a tensor per sample costs 3 us)
         return {"image": image_tensor(image), "label": sample.annotation["identity"], "key": sample.key}
 

@@ -67,10 +67,19 @@ class DecodedSample:
     annotation: dict
 
 
+# OpenCV >= 4.11 decodes straight into RGB (the JPEG decoder writes the channels in that order),
+# which saves the BGR -> RGB pass; older versions decode BGR and swap
+DECODE_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def decode_rgb(data: bytes) -> np.ndarray | None:
     """Encoded image bytes -> H x W x 3 uint8 RGB; None when they are empty or not an image
     (OpenCV raises on empty bytes instead of returning None)."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if not data:
+        return None
+    if DECODE_RGB is not None:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_RGB)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

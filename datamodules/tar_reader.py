@@ -27,9 +27,10 @@ from typing import BinaryIO, Callable, Iterator
 BLOCK = 512
 READ_BUFFER = 1 << 16  # bytes read from the file at a time
 ZERO_BLOCK = bytes(BLOCK)
-REGULAR_TYPES = (b"0", b"\0", b"7")       # file, old-style file, contiguous file
-LINK_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")  # hard/symbolic link, devices, directory, fifo: no data
-PAX_HEADER, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK, GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
+# type flags (the header's byte 156), as the ints that indexing bytes gives
+REGULAR_TYPES = frozenset(b"0\x007")  # file, old-style file, contiguous file
+LINK_TYPES = frozenset(b"123456")     # hard/symbolic link, devices, directory, fifo: no data
+PAX_HEADER, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK, GNU_SPARSE = b"xgLKS"
 COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", bz2.BZ2File),
               (b"\xfd7zXZ\x00", lzma.LZMAFile))  # (first bytes, reader over the raw file)
 READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # decompressors raise these on bad input
@@ -61,15 +62,15 @@ def open_tar(path: str) -> Iterator[BinaryIO]:
 def checksum_ok(block: bytes) -> bool:
     """The header checksum: the sum of its bytes with the checksum field counted as 8 spaces
     (unsigned bytes; signed bytes, as some old tars wrote it, are accepted too)."""
-    field = block[148:156].split(b"\0", 1)[0].strip()
+    field = block[148:156]
     try:
-        stored = int(field, 8)
+        stored = int(field.split(b"\0", 1)[0], 8)
     except ValueError:  # empty or not octal
         return False
     # Adler-32's low half is 1 + the byte sum modulo 65521, computed in C: exact for 256 bytes,
-    # whose sum is at most 65,280
-    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
-    unsigned = total - sum(block[148:156]) + 8 * 32
+    # whose sum is at most 65,280; the field's 8 bytes are taken out and 8 spaces (256) put in
+    unsigned = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) \
+        - (zlib.adler32(field) & 0xFFFF) + 255
     if stored == unsigned:
         return True
     signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
@@ -89,7 +90,7 @@ def header_number(field: bytes) -> int:
 def header_name(block: bytes) -> str:
     """The member name, with the ustar prefix field in front when the header is POSIX ustar."""
     name = block[:100].split(b"\0", 1)[0]
-    if block[257:263] == b"ustar\x00" and block[345]:
+    if block[345] and block[257:263] == b"ustar\x00":
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
     return name.decode("utf-8", "surrogateescape")
 
@@ -109,43 +110,41 @@ def pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
-def read_exact(f: BinaryIO, size: int, path: str, offset: int, what: str) -> bytes:
-    data = f.read(size)
-    if len(data) != size:
-        raise TarFormatError("truncated_shard", f"{path}: ends inside {what} at byte {offset + len(data)} "
-                                                f"({size - len(data)} bytes missing)")
-    return data
-
-
 def tar_members(f: BinaryIO, path: str) -> Iterator[tuple[str, bytes]]:
     """(name, data) of every regular file in the archive, in order. The archive ends at its first
     zero block or at the end of the file on a header boundary (a cut there reads as a shorter valid
-    archive: the caller compares counts)."""
+    archive: the caller compares counts). This loop runs for every member of every shard: type flags
+    are compared as ints, and a member's data is read and checked in place."""
     offset, long_name, pax = 0, None, {}
+    read = f.read
     while True:
-        block = f.read(BLOCK)
-        if not block or block == ZERO_BLOCK:
-            return
-        if len(block) < BLOCK:
+        block = read(BLOCK)
+        if len(block) != BLOCK or block == ZERO_BLOCK:
             if not block.strip(b"\0"):
                 return
             raise TarFormatError("truncated_shard", f"{path}: ends inside a header at byte {offset}")
         if not checksum_ok(block):
             raise TarFormatError("corrupt_shard", f"{path}: bad header checksum at byte {offset}")
-        kind = block[156:157]
+        kind = block[156]
         try:
             size = int(pax["size"]) if "size" in pax else header_number(block[124:136])
         except ValueError as err:
             raise TarFormatError("corrupt_shard", f"{path}: bad size field at byte {offset} ({err})") from None
-        if kind == GNU_SPARSE:
-            raise TarFormatError("corrupt_shard", f"{path}: GNU sparse member at byte {offset} is not supported")
         if kind in LINK_TYPES:
             size = 0
+        elif kind == GNU_SPARSE:
+            raise TarFormatError("corrupt_shard", f"{path}: GNU sparse member at byte {offset} is not supported")
         padded = -(-size // BLOCK) * BLOCK
-        data = read_exact(f, padded, path, offset + BLOCK, "a member")[:size]
+        data = read(padded)
+        if len(data) != padded:
+            raise TarFormatError("truncated_shard", f"{path}: ends inside a member at byte "
+                                                    f"{offset + BLOCK + len(data)} ({padded - len(data)} bytes missing)")
+        if size != padded:
+            data = data[:size]
         if kind in REGULAR_TYPES:
             yield (long_name or pax.get("path") or header_name(block)), data
-        if kind in (PAX_HEADER, PAX_GLOBAL):
+            long_name, pax = None, {}
+        elif kind in (PAX_HEADER, PAX_GLOBAL):
             try:
                 records = pax_records(data)
             except ValueError as err:
@@ -161,6 +160,9 @@ def tar_members(f: BinaryIO, path: str) -> Iterator[tuple[str, bytes]]:
 
 def member_key(name: str) -> tuple[str, str] | None:
     """(sample key, field) of a member name, or None for names that belong to no sample."""
+    if "/" not in name and not name.startswith("__"):  # the common case, without the regex
+        dot = name.find(".")
+        return (name[:dot], name[dot + 1:].lower()) if dot > 0 else None
     if name.startswith("__") and META_NAME.match(name):
         return None
     match = KEY_AND_FIELD.match(name)

@@ -259,6 +259,54 @@ def test_face_batches_travel_as_uint8_and_are_normalised_on_the_device(identity_
         module.on_after_batch_transfer({"image": normalised}, 0)
 
 
+def encoded_test_images() -> dict[str, bytes]:
+    """The image kinds a shard may hold, encoded by OpenCV (which stores BGR order)."""
+    import cv2
+    rng = np.random.default_rng(1)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8), (5, 5), 2)
+    wide = (smooth.astype(np.uint16) * 257 + rng.integers(0, 257, smooth.shape)).astype(np.uint16)
+    alpha = np.dstack([smooth, rng.integers(0, 256, smooth.shape[:2], dtype=np.uint8)])
+    return {"colour jpeg": cv2.imencode(".jpg", smooth)[1].tobytes(),
+            "grey jpeg": cv2.imencode(".jpg", smooth[:, :, 0])[1].tobytes(),
+            "colour png": cv2.imencode(".png", smooth)[1].tobytes(),
+            "png with alpha": cv2.imencode(".png", alpha)[1].tobytes(),
+            "16-bit png": cv2.imencode(".png", wide)[1].tobytes()}
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["decoded as RGB", "decoded as BGR then swapped"])
+def test_decode_rgb_gives_the_rgb_pixels_of_every_image_kind(monkeypatch, direct):
+    """Both ways decode_rgb can work (OpenCV >= 4.11 decodes straight to RGB; older ones swap after)
+    give what imdecode's BGR reversed by hand gives: 8-bit, 3 channels, RGB order."""
+    import cv2
+    from datamodules import reading
+    if direct and reading.DECODE_RGB is None:
+        pytest.skip("this OpenCV has no IMREAD_COLOR_RGB")
+    if not direct:
+        monkeypatch.setattr(reading, "DECODE_RGB", None)
+    for kind, data in encoded_test_images().items():
+        expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        image = reading.decode_rgb(data)
+        assert image.dtype == np.uint8 and image.shape == (24, 20, 3), kind
+        np.testing.assert_array_equal(image, expected, err_msg=kind)
+    for bad in (b"", b"\xff\xd8\xff" + bytes(40), b"not an image"):
+        assert reading.decode_rgb(bad) is None
+
+
+def test_identity_transform_without_augmentation_resizes_with_inter_area_only_when_needed():
+    import cv2
+    from datamodules.faces import IdentityTransform
+    from datamodules.reading import DecodedSample
+    rng = np.random.default_rng(2)
+    large = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    at_size = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    out = IdentityTransform(24)(DecodedSample("a", large, {"identity": 5}))
+    assert out["label"] == 5 and out["key"] == "a"
+    np.testing.assert_array_equal(out["image"].numpy().transpose(1, 2, 0),
+                                  cv2.resize(large, (24, 24), interpolation=cv2.INTER_AREA))
+    same = IdentityTransform(24)(DecodedSample("b", at_size, {"identity": 0}))["image"]
+    np.testing.assert_array_equal(same.numpy().transpose(1, 2, 0), at_size)  # what a resize to 24 px gives
+
+
 class CollateInWorker(torch.utils.data.IterableDataset):
     """Yields, from inside a loader worker, a batch of ``collate`` and whether its images were
     stacked in shared memory."""
