@@ -297,12 +297,13 @@ def test_identity_transform_without_augmentation_resizes_with_inter_area_only_wh
     from datamodules.faces import IdentityTransform
     from datamodules.reading import DecodedSample
     rng = np.random.default_rng(2)
-    large = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for shape in ((40, 40, 3), (24, 30, 3), (30, 24, 3)):  # one side at the size is not enough
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        out = IdentityTransform(24)(DecodedSample("a", image, {"identity": 5}))
+        assert out["label"] == 5 and out["key"] == "a"
+        np.testing.assert_array_equal(out["image"].numpy().transpose(1, 2, 0),
+                                      cv2.resize(image, (24, 24), interpolation=cv2.INTER_AREA))
     at_size = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-    out = IdentityTransform(24)(DecodedSample("a", large, {"identity": 5}))
-    assert out["label"] == 5 and out["key"] == "a"
-    np.testing.assert_array_equal(out["image"].numpy().transpose(1, 2, 0),
-                                  cv2.resize(large, (24, 24), interpolation=cv2.INTER_AREA))
     same = IdentityTransform(24)(DecodedSample("b", at_size, {"identity": 0}))["image"]
     np.testing.assert_array_equal(same.numpy().transpose(1, 2, 0), at_size)  # what a resize to 24 px gives
 
