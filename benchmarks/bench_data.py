@@ -1,7 +1,7 @@
 """Samples/s of Visage's training data path against two baselines measured in the same run.
 
     python benchmarks/bench_data.py [--samples 2048] [--size 64] [--workers 0 2] [--batch 64]
-                                    [--repeats 5] [--profile]
+                                    [--repeats 5] [--min-seconds 0.5] [--profile]
 
 Data: ``--samples`` synthetic faces (datamodules.synth.faces.generate_faces, difficulty 0.5,
 12 images per identity, ``--size`` px, JPEG quality 95 as the synthetic default writes them),
@@ -34,17 +34,19 @@ the folder loader's are contiguous N x C x H x W (torch.stack transposes each im
 take either (the recognizer's model.channels_last picks the backbone's).
 Each row keeps one loader for all its epochs, as training does (EpochLoader keeps its workers
 across epochs, the folder DataLoader has persistent workers, the bare pool persists); a warm-up
-epoch starts the workers, then ``--repeats`` epochs per row are timed, the rows interleaved (one
-repetition runs every row once, back to back); the rates are the medians over the repetitions, a
-ratio is the median over the repetitions of the two rows' rates in the same repetition (the
-machine's drift between repetitions cancels in each pair). Every epoch delivers samples // batch
-batches.
+epoch starts the workers, then ``--repeats`` repetitions per row are timed, the rows interleaved
+(one repetition runs every row once, back to back); a repetition of a row runs whole epochs until
+they last ``--min-seconds`` together and sums them (a row without augmentation runs an epoch in
+0.2 s, short enough for the machine's jitter to move a single epoch by 20 %). The rates are the
+medians over the repetitions, a ratio is the median over the repetitions of the two rows' rates in
+the same repetition (the machine's drift between repetitions cancels in each pair). Every epoch
+delivers samples // batch batches.
   samples/s          delivered samples / wall seconds from asking for the epoch to its last batch.
   samples/cpu-s      delivered samples / CPU seconds of this process and all its children (loader
                      workers included, also the prefetching they do after the epoch's last batch,
                      which is waited for before the next row runs): steadier than wall time when
                      other jobs share the machine. The ratios are printed on both.
-  after 1st          the wall rate from the first batch to the last (buffer filling excluded).
+  after 1st          the wall rate from each epoch's first batch to its last (buffer filling excluded).
   decoded/delivered  samples decoded and transformed in all processes / samples delivered: work
                      thrown away when an epoch ends (a P x K pool's leftovers; before the reads
                      became exact per epoch also the shuffle buffer and the prefetched batches).
@@ -98,7 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=64, help="side of the training tensors")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per row")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per row")
+    parser.add_argument("--min-seconds", type=float, default=0.5,
+                        help="a repetition of a row runs whole epochs until they last this long together")
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=SamplerConfig().pool_size, help="PKBatcher pool")
     parser.add_argument("--shuffle-buffer", type=int, default=DataConfig().shuffle_buffer)
@@ -284,6 +288,7 @@ class Epoch:
     delivered: int          # samples in the batches
     decoded: int            # samples decoded and transformed, in all processes
     cpu: float              # CPU seconds of all processes
+    epochs: int = 1         # epochs summed into this one (``repetition``)
 
 
 def iterate(loader) -> tuple[float, float, int]:
@@ -303,13 +308,13 @@ class Row:
                  close=lambda: None):
         self.name, self.workers, self.run_epoch, self.close = name, workers, run_epoch, close
         self.baseline, self.goal = baseline, goal
-        self.epochs: list[Epoch] = []
+        self.repetitions: list[Epoch] = []
 
     def rate(self) -> float:
-        return median([e.delivered / e.wall for e in self.epochs])
+        return median([e.delivered / e.wall for e in self.repetitions])
 
     def cpu_rate(self) -> float:
-        return median([e.delivered / e.cpu for e in self.epochs])
+        return median([e.delivered / e.cpu for e in self.repetitions])
 
     def paired_ratio(self, base: "Row", cpu: bool = False) -> float:
         """Median over the repetitions of this row's rate / the baseline's rate in the same
@@ -317,7 +322,7 @@ class Row:
         between repetitions cancels in each pair."""
         def rate(e: Epoch) -> float:
             return e.delivered / (e.cpu if cpu else e.wall)
-        return median([rate(mine) / rate(theirs) for mine, theirs in zip(self.epochs, base.epochs)])
+        return median([rate(mine) / rate(theirs) for mine, theirs in zip(self.repetitions, base.repetitions)])
 
 
 def build_rows(data: BenchData, args, workers: int) -> list[Row]:
@@ -381,12 +386,24 @@ def build_rows(data: BenchData, args, workers: int) -> list[Row]:
     ]
 
 
-def measure(rows: list[Row], repeats: int) -> None:
+def repetition(row: Row, min_seconds: float) -> Epoch:
+    """Whole epochs of ``row`` until they last ``min_seconds`` together, summed into one (``first``:
+    the sum of the epochs' times to their first batch; ``epochs``: how many)."""
+    parts = [row.run_epoch()]
+    while sum(part.wall for part in parts) < min_seconds:
+        parts.append(row.run_epoch())
+    firsts = [part.first for part in parts]
+    return Epoch(sum(part.wall for part in parts), None if None in firsts else sum(firsts),
+                 sum(part.delivered for part in parts), sum(part.decoded for part in parts),
+                 sum(part.cpu for part in parts), len(parts))
+
+
+def measure(rows: list[Row], repeats: int, min_seconds: float) -> None:
     for row in rows:  # warm-up: worker start-up, imports, page cache, albumentations and allocator state
         row.run_epoch()
     for _ in range(repeats):
         for row in rows:
-            row.epochs.append(row.run_epoch())
+            row.repetitions.append(repetition(row, min_seconds))
     for row in rows:
         row.close()
         row.run_epoch = None  # drops the loader: its persistent workers shut down
@@ -406,10 +423,10 @@ def report(rows: list[Row], batch: int) -> None:
             ratios.append(f"{row.paired_ratio(base):.2f} (cpu {row.paired_ratio(base, cpu=True):.2f}) x "
                           f"{name.split(' +')[0]}"
                           f" [goal >= {goal}]")
-        after = [(e.delivered - batch) / (e.wall - e.first) for e in row.epochs if e.first is not None]
-        table.append([row.name, str(row.workers), f"{rate:,.0f}", spread([e.delivered / e.wall for e in row.epochs]),
+        after = [(e.delivered - e.epochs * batch) / (e.wall - e.first) for e in row.repetitions if e.first is not None]
+        table.append([row.name, str(row.workers), f"{rate:,.0f}", spread([e.delivered / e.wall for e in row.repetitions]),
                       f"{cpu_rate:,.0f}", f"{median(after):,.0f}" if after else "-",
-                      f"{median([e.decoded / e.delivered for e in row.epochs]):.2f}", "; ".join(ratios)])
+                      f"{median([e.decoded / e.delivered for e in row.repetitions]):.2f}", "; ".join(ratios)])
     print_table(["pipeline", "workers", "samples/s", "spread", "samples/cpu-s", "after 1st", "decoded/delivered",
                  "ratios: wall (cpu) x baseline"], table)
 
@@ -492,12 +509,13 @@ def main(argv=None) -> None:
               f"{np.mean([len(d) for d, _ in data.encoded]) / 1024:.1f} KiB")
         print(f"batch {args.batch}, tensors {args.image_size} px, {args.samples // args.batch} batches per epoch, "
               f"shuffle buffer {args.shuffle_buffer}, pk P={args.batch // PK_K} K={PK_K} pool {args.pool_size}, "
-              f"{args.repeats} timed epochs per row, 1 torch/OpenCV thread per process")
+              f"{args.repeats} timed repetitions per row of at least {args.min_seconds} s each, "
+              f"1 torch/OpenCV thread per process")
         print(f"before: {load_line()}")
         rows = []
         for workers in args.workers:
             group = build_rows(data, args, workers)
-            measure(group, args.repeats)
+            measure(group, args.repeats, args.min_seconds)
             rows.extend(group)
         print(f"after:  {load_line()}  ({time.perf_counter() - start:.0f} s in all)\n")
         report(rows, args.batch)
