@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class LandmarkLayout:
@@ -116,6 +118,31 @@ FIVE = LandmarkLayout(
 )
 
 LANDMARK_LAYOUTS = {layout.name: layout for layout in (WFLW98, W300_68, FIVE)}
+
+
+def layout_of(num_points: int) -> LandmarkLayout:
+    """The layout of a sample's landmarks, told by their count (98 WFLW, 68 300W, 5 points)."""
+    for layout in (WFLW98, W300_68, FIVE):
+        if layout.num_points == num_points:
+            return layout
+    raise ValueError(f"no landmark layout has {num_points} points (98 WFLW, 68 300W or 5)")
+
+
+def derive_landmarks(points: np.ndarray, target: LandmarkLayout) -> np.ndarray:
+    """(N, 2) points in the layout their count names -> the same face's points in ``target``:
+    98 -> 68 and 98 -> 5 pick WFLW points (the pupils are the 5-point eyes); 68 -> 5 takes each eye
+    as the mean of its six points, as the 5-point eyes of 300W-derived data are defined."""
+    points = np.asarray(points, dtype=np.float64)
+    source = layout_of(len(points))
+    if source is target:
+        return points.copy()
+    if source is WFLW98 and target is W300_68:
+        return points[list(WFLW98_TO_300W68)]
+    if source is WFLW98 and target is FIVE:
+        return points[list(WFLW98_TO_FIVE)]
+    if source is W300_68 and target is FIVE:
+        return np.stack([points[36:42].mean(axis=0), points[42:48].mean(axis=0), points[30], points[48], points[54]])
+    raise ValueError(f"{source.name} landmarks hold fewer points than {target.name}: they cannot be derived")
 
 
 # The 40 CelebA attributes in the column order of list_attr_celeba.txt.

@@ -1,10 +1,11 @@
 """Reading shards: a resampled, rank-disjoint training stream and an in-memory evaluation split.
 
 Training (``ShardStream``): each DDP rank owns a disjoint subset of the shards (shard i goes to rank
-i mod world), each loader worker resamples shards from its rank's subset with a seed derived from
-(seed, epoch, rank, worker) and reads a few of them interleaved (identity-grouped shards would
-otherwise give batches of neighbouring identities only), and the loader (``EpochLoader``) cuts the endless stream into a fixed
-number of batches per epoch, so every rank runs the same number of steps.
+i mod world), split again among its loader workers; each worker resamples shards from its part with
+a seed derived from (seed, epoch, rank, worker) and reads a few of them interleaved
+(identity-grouped shards would otherwise give batches of neighbouring identities only), and the
+loader (``EpochLoader``) cuts the endless stream into a fixed number of batches per epoch, so every
+rank runs the same number of steps.
 
 Bad data never crashes a run and is never silent: each kind of problem is counted in the worker
 that met it, the counts travel to the main process inside the batches (``bad_samples``), and the
@@ -141,6 +142,12 @@ def rank_shards(shards: list, rank: int, world: int) -> list:
     return list(shards[rank::world])
 
 
+def worker_shards(shards: list, worker: int, workers: int) -> list:
+    """The part of a rank's shards that loader worker ``worker`` reads: a disjoint round-robin slice
+    when the rank has a shard per worker, else all of them (the workers' seeds still differ)."""
+    return list(shards[worker::workers]) if len(shards) >= workers else list(shards)
+
+
 class ShardStream(IterableDataset):
     """Training stream of one rank: resampled shards -> decode -> transform -> batches.
 
@@ -179,8 +186,12 @@ class ShardStream(IterableDataset):
         return self.batches_per_epoch // workers + int(worker < self.batches_per_epoch % workers)
 
     def _raw_records(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
-        """Records from ``interleave`` randomly drawn shards at a time, mixed record by record."""
+        """Records from ``interleave`` randomly drawn shards of this worker's part at a time, mixed
+        record by record."""
+        info = get_worker_info()
         shards = rank_shards(self.shards, self.rank, self.world)
+        if info is not None:
+            shards = worker_shards(shards, info.id, info.num_workers)
         open_shards: list[Iterator[dict]] = []
         while True:
             while len(open_shards) < self.interleave:

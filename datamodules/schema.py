@@ -10,7 +10,8 @@ the schema; a task names the fields it requires.
   identity    int    identity label, >= 0
   box         [x0, y0, x1, y1] face box in pixels (continuous coordinates)
   boxes       [[x0, y0, x1, y1], ...] every face in a scene (detection)
-  landmarks   [[x, y] * 98] WFLW order (68/5-point layouts are derived, see layouts.py)
+  landmarks   [[x, y] * N] N = 98 (WFLW order), 68 (300W) or 5 (eye centres, nose tip, mouth
+              corners): the count names the layout (layouts.layout_of; derive_landmarks converts)
   keypoints   [[x, y, v] * K] body keypoints, v in {0, 1, 2} (COCO visibility)
   attributes  [0/1 * 40] CelebA attributes in CELEBA_ATTRIBUTES order
 """
@@ -22,9 +23,10 @@ from typing import Any
 
 import msgspec
 
-from datamodules.layouts import CELEBA_ATTRIBUTES, WFLW98
+from datamodules.layouts import CELEBA_ATTRIBUTES, FIVE, W300_68, WFLW98
 
 SCHEMA_VERSION = 1
+LANDMARK_COUNTS = (WFLW98.num_points, W300_68.num_points, FIVE.num_points)
 IMAGE_EXTENSIONS = ("jpg", "png")
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-/]+$")
 
@@ -100,9 +102,15 @@ def validate_annotation(ann: Any, required: tuple[str, ...] = (), only: tuple[st
     if "boxes" in ann:
         _numbers(ann["boxes"], (None, 4), "boxes")
     if "landmarks" in ann:
-        _numbers(ann["landmarks"], (WFLW98.num_points, 2), "landmarks")
+        _numbers(ann["landmarks"], (None, 2), "landmarks")
+        if len(ann["landmarks"]) not in LANDMARK_COUNTS:
+            raise SampleError("bad_shape", f"field 'landmarks': expected {' or '.join(map(str, LANDMARK_COUNTS))} "
+                                           f"points, got {len(ann['landmarks'])}")
     if "keypoints" in ann:
         _numbers(ann["keypoints"], (None, 3), "keypoints")
+        if any(point[2] not in (0, 1, 2) for point in ann["keypoints"]):
+            raise SampleError("bad_shape", "field 'keypoints': visibility (each point's third value) must be "
+                                           "0, 1 or 2")
     if "attributes" in ann:
         attrs = ann["attributes"]
         _numbers(attrs, (len(CELEBA_ATTRIBUTES),), "attributes")

@@ -1,12 +1,16 @@
-"""The synthetic default data: generated once into a cache folder when a config asks for it.
+"""The synthetic default data: generated once, into ``data.root`` when the config names one, else
+into a cache folder, when a config asks for it.
 
-The folder name encodes every generation parameter, so a changed spec never reuses stale data.
-Generation holds a file lock (concurrent runs wait for one writer) and writes into a temporary
-folder that is renamed at the end, so an interrupted generation never leaves a half dataset.
+A cache folder's name encodes every generation parameter; a folder the engine wrote also holds its
+parameters in ``synthetic.json``, and one made with other parameters than the config's is an error,
+never stale data. Generation holds a file lock (concurrent runs wait for one writer) and writes into
+a temporary folder that is renamed at the end, so an interrupted generation never leaves a half
+dataset.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -16,6 +20,14 @@ import numpy as np
 from tqdm import tqdm
 
 from datamodules.shards import INDEX_NAME, ShardWriter, encode_image
+
+
+SPEC_NAME = "synthetic.json"  # the generation parameters, beside the splits
+LAYOUT_ONLY = ("shard_size",)  # parameters that change how samples are packed, not which
+
+
+class SyntheticSpecError(ValueError):
+    """A dataset folder made by the engine with other parameters than the config asks for."""
 
 
 def cache_dir() -> Path:
@@ -63,17 +75,33 @@ def write_synthetic_faces(root: Path, spec: dict, workers: int | None = None, pr
                         writer.write(key, data, annotation)
                     bar.update(len(samples))
     bar.close()
+    (root / SPEC_NAME).write_text(json.dumps(spec, indent=1, sort_keys=True))
+
+
+def check_spec(root: Path, spec: dict) -> None:
+    """Raise SyntheticSpecError when ``root`` was written for other generation parameters."""
+    path = root / SPEC_NAME
+    if not path.is_file():
+        return  # written by hand or by an older version: nothing to compare
+    made = json.loads(path.read_text())
+    differ = sorted(k for k in set(made) | set(spec) if k not in LAYOUT_ONLY and made.get(k) != spec.get(k))
+    if differ:
+        found = ", ".join(f"{k}={made.get(k)!r} (the config asks for {spec.get(k)!r})" for k in differ)
+        raise SyntheticSpecError(f"{root} holds synthetic faces made with {found}; delete the folder or "
+                                 "write them elsewhere (data.root, or --out of `visage data synth`)")
 
 
 def ensure_synthetic_faces(root: Path | str | None, spec: dict, progress: bool = True) -> Path:
     """The dataset folder for ``spec``: ``root`` if given, else a folder in the cache; generated if absent."""
     root = Path(root).expanduser() if root else cache_dir() / synthetic_faces_name(spec)
     if (root / "val" / INDEX_NAME).is_file():
+        check_spec(root, spec)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / "val" / INDEX_NAME).is_file():  # another process wrote it while we waited
+            check_spec(root, spec)
             return root
         partial = root.parent / f".{root.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)

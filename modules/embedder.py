@@ -17,17 +17,8 @@ from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHook
                                     gather_in_dataset_order)
 from modules.guards import stop_if_not_finite
 from modules.losses.triplet import TripletLoss
-from modules.nets.tiny import TinyNet
+from modules.nets.backbones import build_backbone
 from modules.optim import configure_optimizers
-
-
-def build_embedding_net(model: dict, image_size: int) -> nn.Module:
-    if model["backbone"] == "tiny":
-        return TinyNet(image_size, model["width"], model["embedding_size"])
-    from modules.nets import iresnet  # noqa: PLC0415 (GPU-sized backbones)
-
-    build = getattr(iresnet, model["backbone"])
-    return build(num_features=model["embedding_size"], input_size=image_size)
 
 
 class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
@@ -38,7 +29,8 @@ class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
         self.save_hyperparameters({"config": config})  # a plain dict: checkpoints must not hold DictConfig
         self.config = config
         model = config["model"]
-        self.net = build_embedding_net(model, config["data"]["image_size"])
+        self.net = build_backbone(model["backbone"], model["embedding_size"], config["data"]["image_size"],
+                                  width=model["width"])
         self.loss_fn = TripletLoss(mining=model["mining"], margin=model["margin"], squared=model["squared"])
         self._val_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_evaluation: EmbeddingEvaluation | None = None

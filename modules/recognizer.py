@@ -38,22 +38,12 @@ from modules.losses.center_loss import CenterLoss
 from modules.losses.margins import MarginHead
 from modules.losses.partial_fc import LabelError, PartialFC, exclude_partial_fc_from_ddp
 from modules.metrics.verification import pair_distances, verification_report
-from modules.nets import iresnet
-from modules.nets.mobilefacenet import MobileFaceNet
+from modules.nets.backbones import build_backbone
 from modules.optim import build_optimizer
 from modules.schedules import SampleSchedule, param_groups, scaled_lr
 
 FARS = (1e-3, 1e-4)
-IRESNETS = {"iresnet_tiny": iresnet.iresnet_tiny, "iresnet18": iresnet.iresnet18, "iresnet34": iresnet.iresnet34,
-            "iresnet50": iresnet.iresnet50, "iresnet100": iresnet.iresnet100}
 CLASSIFIER_GROUP = "classifier"
-
-
-def build_backbone(model: dict, image_size: int) -> nn.Module:
-    if model["backbone"] == "mobilefacenet":
-        return MobileFaceNet(embedding_size=model["embedding_size"], input_size=image_size)
-    build = IRESNETS[model["backbone"]]
-    return build(num_features=model["embedding_size"], input_size=image_size, dropout=model["dropout"])
 
 
 def build_margin_head(margin: dict) -> MarginHead:
@@ -73,7 +63,8 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
         self.save_hyperparameters({"config": config})  # a plain dict: checkpoints must not hold DictConfig
         self.config = config
         model = config["model"]
-        self.backbone = build_backbone(model, config["data"]["image_size"])
+        self.backbone = build_backbone(model["backbone"], model["embedding_size"], config["data"]["image_size"],
+                                       dropout=model["dropout"])
         if model["channels_last"]:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         # built in configure_model: PartialFC shards by the world size, known once DDP has started

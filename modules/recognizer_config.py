@@ -13,9 +13,9 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainers.config import AugmentConfig, ConfigError, DataConfig, ExperimentConfig, OptimConfig, SamplerConfig
+from trainers.config import (FACE_BACKBONES, AugmentConfig, ConfigError, DataConfig, ExperimentConfig, OptimConfig,
+                             SamplerConfig)
 
-BACKBONES = ("iresnet_tiny", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet")
 MARGIN_KINDS = ("arcface", "cosface", "sphereface", "combined")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 
@@ -110,7 +110,7 @@ def validate_recognizer(cfg: DictConfig | dict) -> None:
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     model, optim, data = cfg.model, cfg.optim, cfg.data
-    _one_of(model.backbone, "model.backbone", BACKBONES)
+    _one_of(model.backbone, "model.backbone", FACE_BACKBONES)
     _at_least(model.embedding_size, "model.embedding_size", 1)
     if not 0.0 <= model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {model.dropout}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from trainers.config import ConfigError, load_config
+from trainers.config import FACE_BACKBONES, ConfigError, load_config, to_plain
 
 EXPERIMENT = "configs/embedder/triplet.yaml"
 
@@ -41,6 +41,8 @@ def test_defaults_experiment_and_overrides_merge():
     (["task=segmentation"], "task"),
     (["optim.lr=-1"], "optim.lr"),
     (["data.sampler.p=1", "data.sampler.k=64"], "data.sampler.p"),
+    (["model.backbone=resnet18"], "model.backbone"),
+    (["data.image_size=72"], "data.image_size"),  # the tiny backbone needs a multiple of 16
 ])
 def test_bad_config_names_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -60,6 +62,32 @@ def test_cli_reports_config_error_without_traceback():
     assert result.returncode == 2
     assert "config error: trainer.bogus" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backbone", ["tiny", *FACE_BACKBONES])
+def test_every_backbone_the_embedder_config_accepts_builds_and_embeds(backbone):
+    from modules.embedder import TripletEmbedder
+    cfg = load_config(EXPERIMENT, [f"model.backbone={backbone}", "data.image_size=48", "model.embedding_size=24",
+                                   "model.normalize=true"])
+    module = TripletEmbedder(to_plain(cfg))  # training mode: untrained BatchNorm running statistics blow up
+    with torch.no_grad():
+        embeddings = module(torch.rand(2, 3, 48, 48))
+    assert embeddings.shape == (2, 24)
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(2), atol=1e-5)  # model.normalize
+
+
+def test_a_freeze_path_the_module_lacks_is_a_config_error_before_the_data_is_made(tmp_path):
+    """The embedder's network is ``net``: ``finetune.freeze=[backbone]`` names nothing, and the run
+    stops before it renders its synthetic data (the cache stays empty)."""
+    import os
+    cache = tmp_path / "cache"
+    result = subprocess.run([sys.executable, "-m", "trainers.cli", "fit", EXPERIMENT, "finetune.freeze=[backbone]",
+                             f"run.root={tmp_path / 'runs'}", "logging.wandb=disabled"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "VISAGE_CACHE": str(cache)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "config error: finetune.freeze: cannot freeze 'backbone'" in result.stderr and "'net'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_print_config_is_the_resolved_yaml():

@@ -38,3 +38,20 @@ def test_synth_and_inspect(tmp_path, capsys):
     assert read_index(tmp_path / "faces" / "train").num_samples == 6
     assert visage(["data", "inspect", str(tmp_path / "faces" / "val")]) == 0
     assert "bad: none" in capsys.readouterr().out
+
+
+def test_synthetic_data_is_made_once_and_a_folder_made_for_other_parameters_is_refused(tmp_path, capsys):
+    """Same parameters: the folder is reused as it is (not rendered again). Other parameters: an error
+    naming the folder and what differs, not the old faces passed off as the new ones."""
+    out = tmp_path / "faces"
+    args = ["data", "synth", "faces", "--out", str(out), "--identities", "3", "--val-identities", "2",
+            "--per-identity", "2", "--size", "32"]
+    assert visage(args) == 0
+    index = out / "train" / "index.json"
+    written = index.stat().st_mtime_ns
+    assert visage(args) == 0 and index.stat().st_mtime_ns == written
+    capsys.readouterr()
+    assert visage(args[:-1] + ["48"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds synthetic faces made with size=32 (the config asks for 48)" in err
+    assert "Traceback" not in err and index.stat().st_mtime_ns == written

@@ -83,14 +83,19 @@ def test_run_directory_holds_checkpoints_pictures_and_logs(ddp_run):
 
 
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
-    common = single(tmp_path) + ["trainer.max_epochs=null", "trainer.val_check_interval=2", "optim.scheduler=none"]
+    """Stopped at step 6, in the middle of an epoch and of a 10-step learning-rate warm-up (a schedule
+    that does not depend on max_steps, which differs between the two halves), then resumed with
+    run.resume=auto: weights, loss curve and step count equal the straight run's."""
+    common = single(tmp_path) + ["trainer.max_epochs=null", "trainer.val_check_interval=2", "optim.scheduler=none",
+                                 "optim.warmup_steps=10"]
     assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12", "run.id=straight"]) == 0
     assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=6", "run.id=resumed"]) == 0
     runs = tmp_path / "embedder-triplet"
     interrupted = torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert interrupted["global_step"] == 6 and interrupted["epoch"] == 1  # in the middle of epoch 1
-    assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12",
-                   f"run.resume={runs / 'resumed' / 'checkpoints' / 'last.ckpt'}"]) == 0
+    # auto: the run of this name whose last.ckpt is newest, which is "resumed"
+    assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12", "run.resume=auto"]) == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["resumed", "straight"]
     straight = torch.load(runs / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
     resumed = torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == straight["global_step"] == 12
@@ -111,6 +116,27 @@ def test_non_finite_loss_stops_the_run_with_the_step(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "at global step" in err and "training stopped" in err
+
+
+def test_a_loss_gone_nan_mid_run_leaves_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """The loss of the 6th step (global step 5) turns NaN: the run stops naming that step, and
+    last.ckpt still holds the state of the last validation (step 4), finite, ready to resume."""
+    from modules.losses.triplet import TripletLoss
+    real_forward, calls = TripletLoss.forward, []
+
+    def poisoned(self, embeddings, labels):
+        calls.append(len(calls))
+        loss = real_forward(self, embeddings, labels)
+        return loss * float("nan") if len(calls) > 5 else loss
+
+    monkeypatch.setattr(TripletLoss, "forward", poisoned)
+    code = visage(["fit", EXPERIMENT, *single(tmp_path), "trainer.max_epochs=null", "trainer.max_steps=20",
+                   "trainer.val_check_interval=2", "optim.scheduler=none", "run.id=diverged"])
+    assert code == 1
+    assert "loss became nan at global step 5" in capsys.readouterr().err
+    last = torch.load(tmp_path / "embedder-triplet" / "diverged" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
 def test_finetune_reports_keys_and_reinitialises_a_changed_head(tmp_path, capsys):

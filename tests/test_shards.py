@@ -50,7 +50,7 @@ def test_writer_rejects_keys_with_dots_and_bad_annotations(tmp_path):
         with pytest.raises(SampleError, match="dots"):
             writer.write("img.001", identity_image(0, 0), {"identity": 0})
         with pytest.raises(SampleError, match="sample 'a'.*landmarks"):
-            writer.write("a", identity_image(0, 0), {"identity": 0, "landmarks": [[0, 0]] * 5})
+            writer.write("a", identity_image(0, 0), {"identity": 0, "landmarks": [[0, 0]] * 7})
         with pytest.raises(SampleError, match="identity"):
             writer.write("b", identity_image(0, 0), {"identity": -3})
 
@@ -187,6 +187,20 @@ def test_persistent_workers_give_each_epoch_its_own_reproducible_stream(identity
     later = EpochLoader(fresh, batches_per_epoch=3, num_workers=2)
     later.load_state_dict({"epoch": 2, "batches_done": 0})
     assert [k for b in later for k in b["key"]] == two[2]   # epoch 2 alone equals epoch 2 in sequence
+
+
+def test_loader_workers_of_a_rank_read_disjoint_shards(identity_dataset):
+    """Batch i of an epoch comes from worker i mod 2: the even and the odd batches must come from
+    disjoint halves of the rank's shards (and the rank's other half-world shards never appear)."""
+    shards = read_index(identity_dataset / "train").shards
+    shard_of = {raw["__key__"]: url for url, n in shards for raw in read_shard(url, BadSampleCounter(), n)}
+    stream = ShardStream(shards, lambda s: {"key": s.key}, PlainBatcher(4), ("identity",), seed=1)
+    stream.rank, stream.world = 1, 2
+    batches = [b["key"] for b in EpochLoader(stream, batches_per_epoch=12, num_workers=2)]
+    by_worker = [{shard_of[k] for keys in batches[w::2] for k in keys} for w in (0, 1)]
+    rank_part = [url for url, _ in shards][1::2]
+    assert len(rank_part) >= 4 and by_worker[0] and by_worker[1]
+    assert by_worker[0] <= set(rank_part[0::2]) and by_worker[1] <= set(rank_part[1::2])
 
 
 def test_augmented_stream_is_reproducible(identity_dataset):

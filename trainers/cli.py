@@ -46,6 +46,17 @@ def _finetune_callbacks(cfg) -> list:
                            cfg.finetune["lr_factor"])]
 
 
+def _check_freeze_paths(cfg, module) -> None:
+    """Every ``finetune.freeze`` path names a submodule of the built module (before any data is made)."""
+    from trainers.finetune import resolve_submodule  # noqa: PLC0415
+
+    for path in cfg.finetune["freeze"]:
+        try:
+            resolve_submodule(module, path)
+        except AttributeError as err:
+            raise ConfigError(f"finetune.freeze: {err}") from None
+
+
 def _load_finetune_weights(cfg, run) -> None:
     if not cfg.finetune["from"] or run.resume_from:
         return
@@ -70,6 +81,7 @@ def cmd_fit(args) -> int:
     run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
     prepare_run_dir(cfg, run_dir)
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
+    _check_freeze_paths(cfg, run.module)
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
     _load_finetune_weights(cfg, run)
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # errors with a clear message of their own: no traceback noise
         if type(err).__name__ in ("NonFiniteLossError", "AllocationError", "ShardIndexError", "ProfileError",
-                                  "SubmitError", "LabelError"):
+                                  "SubmitError", "LabelError", "SyntheticSpecError"):
             print(f"visage: error: {err}", file=sys.stderr)
             return 1
         raise

@@ -16,6 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TASKS = ("embedder", "recognizer")
+# the face networks of modules.nets.backbones; the embedder also takes "tiny" (TinyNet, its CPU default)
+FACE_BACKBONES = ("iresnet_tiny", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet")
 
 
 class ConfigError(ValueError):
@@ -77,7 +79,7 @@ class DataConfig:
 
 @dataclass
 class EmbedderModelConfig:
-    backbone: str = "tiny"              # tiny | resnet18 | resnet34
+    backbone: str = "tiny"              # tiny | one of FACE_BACKBONES
     width: int = 32                     # channels of the first stage (tiny)
     embedding_size: int = 128
     normalize: bool = False             # L2-normalise embeddings (FaceNet); batch hard uses raw ones
@@ -282,7 +284,10 @@ def validate(cfg: DictConfig) -> None:
     _check_finetune(cfg)
     if cfg.task == "embedder":
         _one_of(cfg, "model.mining", ("batch_hard", "batch_all", "semi_hard"))
-        _one_of(cfg, "model.backbone", ("tiny", "resnet18", "resnet34"))
+        _one_of(cfg, "model.backbone", ("tiny", *FACE_BACKBONES))
+        if cfg.model.backbone == "tiny" and cfg.data.image_size % 16:
+            raise ConfigError(f"data.image_size: the tiny backbone halves the image 4 times and needs a "
+                              f"multiple of 16, got {cfg.data.image_size}")
         if cfg.model.mining != "batch_hard" and cfg.model.margin is None:
             raise ConfigError(f"model.margin: {cfg.model.mining} mining needs a hinge margin (soft margin is "
                               "batch_hard only)")
