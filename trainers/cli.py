@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     fit.set_defaults(func=cmd_fit)
 
-    for name, text in (("validate", "evaluate on the validation split"), ("test", "evaluate on the test split"),
+    for name, text in (("validate", "evaluate on the split data.val_split names"),
+                       ("test", "evaluate as validate does, logged under test/ (data.val_split=test for a held-out "
+                                "test split)"),
                        ("predict", "write embeddings/predictions")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
