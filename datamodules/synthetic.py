@@ -16,7 +16,6 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from datamodules.shards import INDEX_NAME, ShardWriter, encode_image
@@ -44,18 +43,9 @@ def _render_identities(args: tuple) -> list[tuple[str, bytes, dict]]:
     first, count, per_identity, size, seed, difficulty = args
     from datamodules.synth.faces import generate_faces  # noqa: PLC0415 (heavy, worker-only)
 
-    return [(key, encode_image(image, "jpg", 95), _rounded(ann))
+    return [(key, encode_image(image, "jpg", 95), ann)
             for key, image, ann in generate_faces(count, per_identity, size=size, seed=seed,
                                                    difficulty=difficulty, first_identity=first)]
-
-
-def _rounded(annotation: dict) -> dict:
-    """Coordinates to 1/100 pixel: the JSON halves in size and parses twice as fast in the loader."""
-    out = dict(annotation)
-    for name in ("box", "landmarks"):
-        if name in out:
-            out[name] = np.round(np.asarray(out[name], dtype=np.float64), 2).tolist()
-    return out
 
 
 def write_synthetic_faces(root: Path, spec: dict, workers: int | None = None, progress: bool = True) -> None:
