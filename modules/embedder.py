@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from modules.distributed import all_gather_keep_local_grad, all_gather_no_grad, rank_and_world
 from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, evaluate_embeddings,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from datamodules.recognition import HELD_OUT_SET, verification_set_names
 from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, PairSet,
