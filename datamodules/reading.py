@@ -133,19 +133,18 @@ def read_shard(url: str, counter: BadSampleCounter, expected: int | None = None)
         counter.add("truncated_shard", f"{url}: {count} of the {expected} samples in the index")
 
 
+def shard_part(shards: list, index: int, parts: int) -> list:
+    """Part ``index`` of ``parts`` disjoint round-robin parts of ``shards``; all of them when there
+    are fewer shards than parts (the parts' seeds still differ)."""
+    return list(shards[index::parts]) if len(shards) >= parts else list(shards)
+
+
 def rank_shards(shards: list, rank: int, world: int) -> list:
-    """The shards rank ``rank`` reads: a disjoint round-robin slice when there are enough."""
+    """The shards rank ``rank`` reads (its loader workers split them again, ``shard_part``)."""
     if len(shards) < world:
         log.warning("%d shards for %d ranks: ranks share shards (write more shards for disjoint ranks)",
                     len(shards), world)
-        return list(shards)
-    return list(shards[rank::world])
-
-
-def worker_shards(shards: list, worker: int, workers: int) -> list:
-    """The part of a rank's shards that loader worker ``worker`` reads: a disjoint round-robin slice
-    when the rank has a shard per worker, else all of them (the workers' seeds still differ)."""
-    return list(shards[worker::workers]) if len(shards) >= workers else list(shards)
+    return shard_part(shards, rank, world)
 
 
 class ShardStream(IterableDataset):
@@ -191,7 +190,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         shards = rank_shards(self.shards, self.rank, self.world)
         if info is not None:
-            shards = worker_shards(shards, info.id, info.num_workers)
+            shards = shard_part(shards, info.id, info.num_workers)
         open_shards: list[Iterator[dict]] = []
         while True:
             while len(open_shards) < self.interleave:
