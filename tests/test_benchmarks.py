@@ -1,4 +1,4 @@
-"""The benchmark scripts still run (a smoke run each on CPU with tiny sizes; no timing is checked)."""
+"""The benchmark scripts still run (a smoke run of each on CPU with tiny sizes; no timing is checked)."""
 from __future__ import annotations
 
 import subprocess
@@ -34,3 +34,17 @@ def test_data_benchmark_runs_every_row_with_and_without_workers():
             for workers in ("0", "1") if line.startswith(name) and line[len(name):].split()[:1] == [workers]}
     assert rows == {(name, workers) for name in names for workers in ("0", "1")} | {("bare augment ceiling", "1")}
     assert "x folder loader [goal >= 1.0]" in out
+
+
+def test_synthetic_faces_benchmark_runs():
+    out = _run("bench_synth.py", "--faces", "20")
+    rows = [line.split()[0:3] for line in out.splitlines() if line.startswith(("baseline", "faces"))]
+    assert [r[0] for r in rows] == ["baseline:", "faces", "faces", "faces"] and "x goal" in out
+
+
+def test_training_overhead_benchmark_runs_both_loops():
+    out = _run("bench_training_overhead.py", "--steps", "3", "--warmup", "1", "--repeats", "1", "--p", "2", "--k", "2",
+               "--distinct", "2", "--override", "model.width=8")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("raw ", "lightning "))]
+    assert [row[0] for row in rows if row[1][0].isdigit()] == ["raw", "lightning"]  # the table's two rows
+    assert "lightning / raw (goal <= 1.05)" in out
