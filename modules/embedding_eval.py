@@ -87,5 +87,17 @@ class EmbeddingEvaluationHooks:
     def on_test_epoch_end(self) -> None:
         self._evaluate("test")
 
+    def on_predict_epoch_start(self) -> None:
+        self._predict_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.predictions: dict[str, torch.Tensor] | None = None
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "embedding": self.embed_with_flip(batch["image"]), "label": batch["label"]}
+        embedding = self.embed_with_flip(batch["image"])
+        self._predict_parts.append((batch["index"], embedding, batch["label"]))
+        return {"index": batch["index"], "embedding": embedding, "label": batch["label"]}
+
+    def on_predict_epoch_end(self) -> None:
+        """``predictions``: every rank's embeddings and labels in dataset order, on the CPU."""
+        embeddings, labels = gather_in_dataset_order(self._predict_parts)
+        self._predict_parts = []
+        self.predictions = {"embedding": embeddings.cpu(), "label": labels.cpu()}

@@ -82,6 +82,48 @@ def test_run_directory_holds_checkpoints_pictures_and_logs(ddp_run):
     assert not list(run_dir.glob("hpc_ckpt_*"))
 
 
+def embeddings_by_hand(checkpoint: Path, split: Path) -> tuple[torch.Tensor, list[int], list[str]]:
+    """The checkpoint's embedding (image + mirror) of every sample of a split, in the split's order,
+    decoded and normalised here: OpenCV's BGR reversed, (x - 127.5) / 128."""
+    import numpy as np
+    from datamodules.reading import BadSampleCounter, read_shard
+    from datamodules.shards import read_index
+    from modules.embedder import TripletEmbedder
+    state = torch.load(checkpoint, weights_only=True)
+    module = TripletEmbedder(state["hyper_parameters"]["config"])
+    module.load_state_dict(state["state_dict"])
+    module.eval()
+    records = [raw for url, n in read_index(split).shards for raw in read_shard(url, BadSampleCounter(), n)]
+    images = np.stack([cv2.imdecode(np.frombuffer(r["jpg"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for r in records])
+    x = (torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).double() - 127.5) / 128
+    with torch.no_grad():
+        embeddings = module(x.float()) + module(torch.flip(x.float(), dims=[3]))
+    return embeddings, [json.loads(r["json"])["identity"] for r in records], [r["__key__"] for r in records]
+
+
+@pytest.mark.ddp
+def test_predict_writes_the_split_embeddings_in_order_on_one_and_on_two_ranks(ddp_run, tmp_path):
+    run_dir, _ = ddp_run
+    checkpoint, root = run_dir / "checkpoints" / "last.ckpt", run_dir.parent.parent
+    assert visage(["predict", EXPERIMENT, *fast(root), "trainer.devices=1", "trainer.strategy=auto",
+                   "run.id=predict-one", "--ckpt", str(checkpoint)]) == 0
+    one = torch.load(root / "embedder-triplet" / "predict-one" / "predictions.pt", weights_only=True)
+    cache = next(Path(os.environ["VISAGE_CACHE"]).glob("synth-faces-i40-v12-k6-s32-*"))
+    expected, labels, keys = embeddings_by_hand(checkpoint, cache / "val")
+    assert one["split"] == "val" and one["key"] == keys and one["label"].tolist() == labels
+    assert one["embedding"].shape == (72, 32)
+    torch.testing.assert_close(one["embedding"], expected, rtol=1e-4, atol=1e-4)
+    # two ranks: each embeds half of the split (36 samples, batches of 20 and 16), gathered into one file
+    cmd = [sys.executable, "-m", "trainers.cli", "predict", EXPERIMENT, *fast(root), "trainer.devices=2",
+           "trainer.strategy=ddp", "trainer.accelerator=cpu", "data.val_batch_size=20", "run.id=predict-two",
+           "--ckpt", str(checkpoint)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    two = torch.load(root / "embedder-triplet" / "predict-two" / "predictions.pt", weights_only=True)
+    assert two["key"] == keys and two["label"].tolist() == labels
+    torch.testing.assert_close(two["embedding"], one["embedding"], rtol=1e-5, atol=1e-5)
+
+
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
     """Stopped at step 6, in the middle of an epoch and of a 10-step learning-rate warm-up (a schedule
     that does not depend on max_steps, which differs between the two halves), then resumed with

@@ -137,13 +137,17 @@ def cmd_evaluate(args) -> int:
     run.datamodule.prepare_data()
     trainer = run.trainer
     if args.command == "predict":
-        outputs = trainer.predict(run.module, datamodule=run.datamodule, ckpt_path=ckpt)
+        trainer.predict(run.module, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False)
         if trainer.is_global_zero:
             import torch  # noqa: PLC0415
 
+            split = run.datamodule.val_split
+            predictions = {**run.module.predictions, "key": [record["__key__"] for record in split.records],
+                           "split": cfg.data.val_split}
             path = run_dir / "predictions.pt"
-            torch.save(outputs, path)
-            print(f"predictions: {path}")
+            torch.save(predictions, path)
+            print(f"predictions: {path} ({len(predictions['key'])} embeddings of split {cfg.data.val_split!r}, "
+                  "in the split's order: embedding, label, key)")
         return 0
     method = trainer.validate if args.command == "validate" else trainer.test
     results = method(run.module, datamodule=run.datamodule, ckpt_path=ckpt, verbose=False)
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("validate", "evaluate on the split data.val_split names"),
                        ("test", "evaluate as validate does, logged under test/ (data.val_split=test for a held-out "
                                 "test split)"),
-                       ("predict", "write embeddings/predictions")):
+                       ("predict", "write the embeddings of data.val_split to predictions.pt")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
         p.add_argument("overrides", nargs="*")
