@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.reading import EpochLoader, MemorySplit, PlainBatcher, ShardStream, collate
 from datamodules.shards import SplitIndex, read_index
@@ -78,12 +78,16 @@ class ShardDataModule(pl.LightningDataModule):
         stream.rank, stream.world = self.rank, self.world
         return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], progress=self._progress)
 
-    def val_dataloader(self) -> DataLoader:
+    def evaluation_loader(self, dataset: Dataset) -> DataLoader:
+        """A loader over an evaluation dataset, split across ranks when there are several."""
         sampler = None
         if self.world > 1:  # pads by repeating samples: equal batch counts; duplicates share an index
-            sampler = DistributedSampler(self.val_split, self.world, self.rank, shuffle=False)
-        return DataLoader(self.val_split, batch_size=self.data["val_batch_size"], sampler=sampler,
+            sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=False)
+        return DataLoader(dataset, batch_size=self.data["val_batch_size"], sampler=sampler,
                           num_workers=min(self.data["num_workers"], 2), collate_fn=collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.evaluation_loader(self.val_split)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

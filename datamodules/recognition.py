@@ -22,11 +22,11 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.converters.verification_bin import VerificationBinError, read_verification_bin
 from datamodules.faces import FaceIdentityDataModule, image_tensor
-from datamodules.reading import PlainBatcher, collate, decode_rgb
+from datamodules.reading import PlainBatcher, decode_rgb
 
 HELD_OUT_SET = "val"
 
@@ -112,18 +112,11 @@ class RecognitionDataModule(FaceIdentityDataModule):
             return self.val_split.decoded(index).image
         return self.verification_sets[set_index - 1].decoded_image(index)
 
-    def _loader(self, dataset: Dataset) -> DataLoader:
-        sampler = None
-        if self.world > 1:  # pads by repeating samples: equal batch counts; duplicates share an index
-            sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.data["val_batch_size"], sampler=sampler,
-                          num_workers=min(self.data["num_workers"], 2), collate_fn=collate)
-
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(dataset) for dataset in self.evaluation_datasets()]
+        return [self.evaluation_loader(dataset) for dataset in self.evaluation_datasets()]
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_split)
+        return self.evaluation_loader(self.val_split)

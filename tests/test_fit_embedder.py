@@ -95,9 +95,9 @@ def embeddings_by_hand(checkpoint: Path, split: Path) -> tuple[torch.Tensor, lis
     module.eval()
     records = [raw for url, n in read_index(split).shards for raw in read_shard(url, BadSampleCounter(), n)]
     images = np.stack([cv2.imdecode(np.frombuffer(r["jpg"], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for r in records])
-    x = (torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).double() - 127.5) / 128
+    x = ((torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).double() - 127.5) / 128).float()
     with torch.no_grad():
-        embeddings = module(x.float()) + module(torch.flip(x.float(), dims=[3]))
+        embeddings = module(x) + module(torch.flip(x, dims=[3]))
     return embeddings, [json.loads(r["json"])["identity"] for r in records], [r["__key__"] for r in records]
 
 
