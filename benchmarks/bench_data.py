@@ -31,7 +31,7 @@ Rows, for each ``--workers`` count W (0 = everything in the main process):
 The loaders' rows deliver uint8 batches (faces.image_tensor); the timed loop applies
 faces.normalize_images to each batch, the work the datamodule's after-transfer hook does on the
 device, so every row ends with the same float values. Layouts differ: the visage rows' batches are
-channels-last (datamodules.reading.stack copies H x W x C images as they are), the bare loop's and
+channels-last (datamodules.collate.stack copies H x W x C images as they are), the bare loop's and
 the folder loader's are contiguous N x C x H x W (torch.stack transposes each image); convolutions
 take either (the recognizer's model.channels_last picks the backbone's).
 Each row keeps one loader for all its epochs, as training does (EpochLoader keeps its workers
@@ -53,7 +53,7 @@ delivers samples // batch batches.
                      thrown away when an epoch ends (a P x K pool's leftovers; before the reads
                      became exact per epoch also the shuffle buffer and the prefetched batches).
 torch and OpenCV run one thread per process in every row (``_common.single_threaded``; torch's
-loader workers take one torch thread and inherit OpenCV's setting, which datamodules.reading also
+loader workers take one torch thread and inherit OpenCV's setting, which datamodules.decoding also
 sets to 1).
 Goals: (a) visage plain >= 0.9 x bare with the same per-sample work and the same number of
 processes; (b) visage >= 1.0 x the folder DataLoader.
@@ -82,14 +82,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from _common import load_line, median, print_table, single_threaded, spread
-from datamodules.faces import IdentityTransform, identity_augmentation, image_tensor, normalize_images
-from datamodules.reading import (BadSampleCounter, DecodedSample, EpochLoader, PlainBatcher, ShardStream,
-                                 decode_rgb, decode_sample, read_shard)
-from datamodules.samplers import PKBatcher
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.batchers import PKBatcher, PlainBatcher
+from datamodules.collate import image_tensor, normalize_images
+from datamodules.decoding import DecodedSample, decode_rgb, decode_sample
+from datamodules.epoch_loader import EpochLoader
+from datamodules.face_config import AugmentConfig, FaceDataConfig, SamplerConfig
+from datamodules.faces import IdentityTransform, identity_augmentation
+from datamodules.shard_stream import ShardStream, read_shard
 from datamodules.schema import parse_annotation, validate_annotation
 from datamodules.shards import ShardWriter, encode_image, read_index
 from datamodules.synth.faces import generate_faces
-from trainers.config import AugmentConfig, DataConfig, SamplerConfig
 
 GOAL_VS_BARE, GOAL_VS_FOLDER = 0.9, 1.0
 PK_K = 4
@@ -107,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a repetition of a row runs whole epochs until they last this long together")
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=SamplerConfig().pool_size, help="PKBatcher pool")
-    parser.add_argument("--shuffle-buffer", type=int, default=DataConfig().shuffle_buffer)
+    parser.add_argument("--shuffle-buffer", type=int, default=FaceDataConfig().shuffle_buffer)
     parser.add_argument("--profile", action="store_true",
                         help="also print the CPU cost of each stage and a cProfile of one visage epoch")
     args = parser.parse_args(argv)

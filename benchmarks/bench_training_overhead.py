@@ -4,7 +4,7 @@
 
 Both sides do the same work on the same data: the config of configs/embedder/triplet.yaml (TinyNet
 width 32, 64 px, batch-hard soft-margin TripletLoss, Adam lr 1e-3 with the per-step cosine
-LambdaLR of modules.optim.schedule) on a fixed in-memory list of P x K batches (``--distinct`` different
+LambdaLR of modules.schedules.lr_multiplier) on a fixed in-memory list of P x K batches (``--distinct`` different
 random batches, cycled to ``--steps``), so data loading is excluded. The trainer section is set
 to one CPU process (trainer.devices=1, trainer.strategy=auto; cross-rank mining is then a no-op).
   lightning   TripletEmbedder + Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False,
@@ -38,8 +38,10 @@ import torch
 
 from _common import load_line, median, print_table, single_threaded, spread
 from modules.embedder import TripletEmbedder
-from modules.optim import build_optimizer, schedule
-from trainers.config import load_config, to_plain
+from modules.optim import build_optimizer
+from modules.schedules import lr_multiplier
+from configs.schema import to_plain
+from trainers.config import load_config
 
 GOAL = 1.05
 
@@ -97,7 +99,7 @@ class RawLoop:
         optim = config["optim"]
         self.optimizer = build_optimizer(self.net.parameters(), optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, schedule(optim["scheduler"], total_steps, optim["warmup_steps"]))
+            self.optimizer, lr_multiplier(optim["scheduler"], total_steps, optim["warmup_steps"]))
 
     def step(self, batch: dict) -> None:
         with torch.enable_grad():

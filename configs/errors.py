@@ -10,3 +10,12 @@ class VisageError(Exception):
     """An error whose message says what is wrong and where (file, key, sample) and what to do."""
 
     exit_code = 1  # what the command returns; config errors return 2
+
+
+class ParameterError(ValueError):
+    """A component's rule broken by one of its parameters (``parameter`` names it): a config check
+    reports it under that parameter's key."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(message)
+        self.parameter = parameter

@@ -1,9 +1,10 @@
 """ShardDataModule: the LightningDataModule every task's datamodule builds on.
 
 A task datamodule says which annotation fields it needs, how a decoded sample becomes tensors
-(for training and for evaluation) and how samples are batched; this base does the rest: the
-synthetic default, index checks, rank-disjoint resampled training streams with a fixed number of
-batches per rank, and evaluation splits that give every rank the same number of batches.
+(for training and for evaluation), how samples are batched and what its synthetic default data is;
+this base does the rest: rendering the synthetic default once, index checks, rank-disjoint
+resampled training streams with a fixed number of batches per rank, evaluation splits that give
+every rank the same number of batches, and uint8 images normalised on the device.
 """
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from typing import Callable
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from datamodules.reading import EpochLoader, MemorySplit, PlainBatcher, ShardStream, collate
+from datamodules.batchers import PlainBatcher
+from datamodules.collate import collate, normalize_images
+from datamodules.epoch_loader import EpochLoader
+from datamodules.memory_split import MemorySplit
+from datamodules.shard_stream import ShardStream
 from datamodules.shards import SplitIndex, read_index
-from datamodules.synthetic import ensure_synthetic_faces
+from datamodules.synthetic import SyntheticData, ensure_synthetic
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -43,14 +48,18 @@ class ShardDataModule(pl.LightningDataModule):
     def batcher(self) -> Callable:
         return PlainBatcher(self.data["batch_size"])
 
+    def synthetic_default(self) -> SyntheticData:
+        """The kind of synthetic data ``data.synthetic`` describes for this task (faces, scenes ...)."""
+        raise NotImplementedError(f"{type(self).__name__} has no synthetic default data: set data.root")
+
     # -- data location -------------------------------------------------------------------------
     def dataset_root(self) -> Path:
         if self.data.get("synthetic") is not None:
-            return ensure_synthetic_faces(self.data.get("root"), self.data["synthetic"])
+            return ensure_synthetic(self.synthetic_default(), self.data.get("root"), self.data["synthetic"])
         return Path(os.path.expanduser(self.data["root"]))
 
     def prepare_data(self) -> None:
-        self.dataset_root()  # generates the synthetic default once, on local rank 0
+        self.dataset_root()  # renders the synthetic default once, on local rank 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
@@ -95,3 +104,10 @@ class ShardDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    # -- on the device -------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """A batch's uint8 ``image`` becomes the network's float input once it is on the device, in
+        every loop (fit, validate, test, predict): modules see float images only."""
+        if isinstance(batch, dict) and "image" in batch:  # a float image here would be normalised twice: an error
+            batch["image"] = normalize_images(batch["image"])
+        return batch

@@ -5,39 +5,13 @@ from typing import Callable
 
 import albumentations as A
 import cv2
-import numpy as np
-import torch
 
 from datamodules.base import ShardDataModule
-from datamodules.reading import DecodedSample, PlainBatcher
-from datamodules.samplers import PKBatcher
-
-
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H x W x 3 -> uint8 C x H x W, a view of the same memory: ``collate`` stacks such views
-    in one plain copy each into a channels-last N x C x H x W batch (no transposition anywhere).
-
-    Face batches travel as uint8 (a quarter of float32's bytes through loader workers' shared memory
-    and to the device) and are normalised per batch on the device by ``normalize_images``; a float
-    conversion per sample costs more than decoding a 64 px JPEG."""
-    return torch.from_numpy(image.transpose(2, 0, 1))  # NumPy's view: a torch permute costs 1 us more
-
-
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in about [-1, 1]: (x - 127.5) / 128, the insightface input."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"normalize_images expects the loaders' uint8 images, got {images.dtype}")
-    return images.float().sub_(127.5).mul_(1 / 128)  # 1/128 is exact, and a product is cheaper than a quotient
-
-
-class NormalizedFaceBatches:
-    """Datamodule hook (mixed in before ``ShardDataModule``): a batch's uint8 ``image`` becomes the
-    network's float input after it reaches the device, for every loop (fit, validate, test,
-    predict); modules see float images only."""
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        batch["image"] = normalize_images(batch["image"])
-        return batch
+from datamodules.batchers import PKBatcher, PlainBatcher
+from datamodules.collate import image_tensor
+from datamodules.decoding import DecodedSample
+from datamodules.synthetic import SyntheticData
+from datamodules.synthetic_faces import SYNTHETIC_FACES
 
 
 def identity_augmentation(size: int, augment: dict) -> A.Compose:
@@ -73,8 +47,11 @@ class IdentityTransform:
         return {"image": image_tensor(image), "label": sample.annotation["identity"], "key": sample.key}
 
 
-class FaceIdentityDataModule(NormalizedFaceBatches, ShardDataModule):
+class FaceIdentityDataModule(ShardDataModule):
     required_fields = ("identity",)
+
+    def synthetic_default(self) -> SyntheticData:
+        return SYNTHETIC_FACES
 
     def train_transform(self) -> Callable:
         return IdentityTransform(self.data["image_size"], self.data["augment"])

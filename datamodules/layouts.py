@@ -1,4 +1,4 @@
-"""One definition of every landmark layout and attribute list used by Visage.
+"""One definition of every landmark layout, body keypoint layout and attribute list used by Visage.
 
 Augmentation (flip pairs), metrics (normalising points), boundary heatmaps and drawing all read
 these tables; nothing else in the code base spells out landmark indices.
@@ -143,6 +143,56 @@ def derive_landmarks(points: np.ndarray, target: LandmarkLayout) -> np.ndarray:
     if source is W300_68 and target is FIVE:
         return np.stack([points[36:42].mean(axis=0), points[42:48].mean(axis=0), points[30], points[48], points[54]])
     raise ValueError(f"{source.name} landmarks hold fewer points than {target.name}: they cannot be derived")
+
+
+@dataclass(frozen=True)
+class BodyLayout:
+    """A human-pose keypoint layout: names in order, left/right flip partners, the skeleton's limbs
+    (pairs of indices, for drawing) and, for COCO, the per-keypoint OKS sigmas (k_i = 2 sigma_i in
+    OKS = sum_i exp(-d_i^2 / (2 s^2 k_i^2)) [v_i > 0] / sum_i [v_i > 0])."""
+    name: str
+    keypoints: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...]
+    skeleton: tuple[tuple[int, int], ...]
+    sigmas: tuple[float, ...] | None = None
+
+    @property
+    def num_points(self) -> int:
+        return len(self.keypoints)
+
+    def flip_permutation(self) -> list[int]:
+        """Index map applied after a horizontal flip so that point i keeps its meaning."""
+        perm = list(range(self.num_points))
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+
+# COCO person keypoints (0-based; the annotation files' skeleton is 1-based)
+COCO17 = BodyLayout(
+    name="coco17",
+    keypoints=("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+               "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+               "right_knee", "left_ankle", "right_ankle"),
+    flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
+    skeleton=((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+              (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6)),
+    sigmas=(0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+            0.087, 0.087, 0.089, 0.089),
+)
+
+# MPII human pose (0-based joint ids of the MPII annotations); PCKh uses the head box, not sigmas
+MPII16 = BodyLayout(
+    name="mpii16",
+    keypoints=("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis", "thorax",
+               "upper_neck", "head_top", "right_wrist", "right_elbow", "right_shoulder", "left_shoulder",
+               "left_elbow", "left_wrist"),
+    flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
+    skeleton=((0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9), (7, 12), (12, 11), (11, 10),
+              (7, 13), (13, 14), (14, 15)),
+)
+
+BODY_LAYOUTS = {layout.name: layout for layout in (COCO17, MPII16)}
 
 
 # The 40 CelebA attributes in the column order of list_attr_celeba.txt.

@@ -25,8 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.converters.verification_bin import VerificationBinError, read_verification_bin
-from datamodules.faces import FaceIdentityDataModule, image_tensor
-from datamodules.reading import PlainBatcher, decode_rgb
+from datamodules.batchers import PlainBatcher
+from datamodules.collate import image_tensor
+from datamodules.decoding import decode_rgb
+from datamodules.faces import FaceIdentityDataModule
 
 HELD_OUT_SET = "val"
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from configs.errors import VisageError
 from datamodules.layouts import CELEBA_ATTRIBUTES, FIVE, W300_68, WFLW98
 
 SCHEMA_VERSION = 1
@@ -31,7 +32,7 @@ IMAGE_EXTENSIONS = ("jpg", "png")
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-/]+$")
 
 
-class SampleError(ValueError):
+class SampleError(VisageError, ValueError):
     """A sample that cannot be used. ``kind`` is the counter it is reported under."""
 
     def __init__(self, kind: str, message: str):

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import webdataset as wds
 
+from configs.errors import VisageError
 from datamodules.schema import SCHEMA_VERSION, SampleError, check_key, validate_annotation
 
 INDEX_NAME = "index.json"
@@ -167,7 +168,7 @@ class SplitIndex:
         return [path for path, _ in self.shards]
 
 
-class ShardIndexError(FileNotFoundError):
+class ShardIndexError(VisageError, FileNotFoundError):
     """A split folder without a readable index, or an index naming a shard that is not there."""
 
 

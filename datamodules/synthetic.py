@@ -1,11 +1,11 @@
-"""The synthetic default data: generated once, into ``data.root`` when the config names one, else
-into a cache folder, when a config asks for it.
+"""The synthetic default data of every task: rendered once, into ``data.root`` when the config names
+one, else into a cache folder named after every generation parameter.
 
-A cache folder's name encodes every generation parameter; a folder the engine wrote also holds its
-parameters in ``synthetic.json``, and one made with other parameters than the config's is an error,
-never stale data. Generation holds a file lock (concurrent runs wait for one writer) and writes into
-a temporary folder that is renamed at the end, so an interrupted generation never leaves a half
-dataset.
+What is shared by every kind of synthetic data (faces, scenes, bodies) lives here: the cache
+folder, a file lock (concurrent runs wait for one writer), writing into a temporary folder renamed
+at the end (an interrupted generation never leaves a half dataset), the generation parameters kept
+in ``synthetic.json`` (a folder made with other parameters is an error, never stale data) and the
+progress bar. A kind of data is a ``SyntheticData``: how its folder is named and how it is written.
 """
 from __future__ import annotations
 
@@ -13,62 +13,39 @@ import fcntl
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
-from datamodules.shards import INDEX_NAME, ShardWriter, encode_image
-
+from configs.errors import VisageError
+from datamodules.shards import INDEX_NAME
 
 SPEC_NAME = "synthetic.json"  # the generation parameters, beside the splits
 LAYOUT_ONLY = ("shard_size",)  # parameters that change how samples are packed, not which
 
 
-class SyntheticSpecError(ValueError):
+class SyntheticSpecError(VisageError, ValueError):
     """A dataset folder made by the engine with other parameters than the config asks for."""
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """A kind of synthetic dataset: ``folder_name(spec)`` names its cache folder; ``write(root, spec,
+    progress)`` renders every split of it into ``root`` (a fresh folder), ``progress`` being a
+    ``tqdm`` bar to advance per sample (or a disabled one)."""
+    kind: str
+    folder_name: Callable[[dict], str]
+    write: Callable[[Path, dict, tqdm], None]
+    total: Callable[[dict], int]  # samples in all splits (the bar's length)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("VISAGE_CACHE", Path.home() / ".cache" / "visage")).expanduser()
 
 
-def synthetic_faces_name(spec: dict) -> str:
-    return (f"synth-faces-i{spec['identities']}-v{spec['val_identities']}-k{spec['per_identity']}"
-            f"-s{spec['size']}-d{spec['difficulty']:g}-seed{spec['seed']}")
-
-
-def _render_identities(args: tuple) -> list[tuple[str, bytes, dict]]:
-    """Worker: render a block of identities and JPEG-encode them (runs in a separate process)."""
-    first, count, per_identity, size, seed, difficulty = args
-    from datamodules.synth.faces import generate_faces  # noqa: PLC0415 (heavy, worker-only)
-
-    return [(key, encode_image(image, "jpg", 95), ann)
-            for key, image, ann in generate_faces(count, per_identity, size=size, seed=seed,
-                                                   difficulty=difficulty, first_identity=first)]
-
-
-def write_synthetic_faces(root: Path, spec: dict, workers: int | None = None, progress: bool = True) -> None:
-    """Render the train split (identities [0, N)) and the held-out val split ([N, N + M))."""
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
-    splits = (("train", 0, spec["identities"]), ("val", spec["identities"], spec["val_identities"]))
-    total = (spec["identities"] + spec["val_identities"]) * spec["per_identity"]
-    bar = tqdm(total=total, desc=f"rendering synthetic faces into {root}", unit="img", disable=not progress)
-    with ProcessPoolExecutor(workers) as pool:
-        for split, first, count in splits:
-            block = 20
-            jobs = [(first + start, min(block, count - start), spec["per_identity"], spec["size"], spec["seed"],
-                     spec["difficulty"]) for start in range(0, count, block)]
-            with ShardWriter(root, split, max_samples=spec["shard_size"], split_on="identity") as writer:
-                for samples in pool.map(_render_identities, jobs):
-                    for key, data, annotation in samples:
-                        writer.write(key, data, annotation)
-                    bar.update(len(samples))
-    bar.close()
-    (root / SPEC_NAME).write_text(json.dumps(spec, indent=1, sort_keys=True))
-
-
-def check_spec(root: Path, spec: dict) -> None:
+def check_spec(root: Path, spec: dict, kind: str = "synthetic data") -> None:
     """Raise SyntheticSpecError when ``root`` was written for other generation parameters."""
     path = root / SPEC_NAME
     if not path.is_file():
@@ -77,24 +54,27 @@ def check_spec(root: Path, spec: dict) -> None:
     differ = sorted(k for k in set(made) | set(spec) if k not in LAYOUT_ONLY and made.get(k) != spec.get(k))
     if differ:
         found = ", ".join(f"{k}={made.get(k)!r} (the config asks for {spec.get(k)!r})" for k in differ)
-        raise SyntheticSpecError(f"{root} holds synthetic faces made with {found}; delete the folder or "
+        raise SyntheticSpecError(f"{root} holds {kind} made with {found}; delete the folder or "
                                  "write them elsewhere (data.root, or --out of `visage data synth`)")
 
 
-def ensure_synthetic_faces(root: Path | str | None, spec: dict, progress: bool = True) -> Path:
-    """The dataset folder for ``spec``: ``root`` if given, else a folder in the cache; generated if absent."""
-    root = Path(root).expanduser() if root else cache_dir() / synthetic_faces_name(spec)
+def ensure_synthetic(data: SyntheticData, root: Path | str | None, spec: dict, progress: bool = True) -> Path:
+    """The dataset folder for ``spec``: ``root`` if given, else a folder in the cache; rendered if absent."""
+    root = Path(root).expanduser() if root else cache_dir() / data.folder_name(spec)
     if (root / "val" / INDEX_NAME).is_file():
-        check_spec(root, spec)
+        check_spec(root, spec, data.kind)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / "val" / INDEX_NAME).is_file():  # another process wrote it while we waited
-            check_spec(root, spec)
+            check_spec(root, spec, data.kind)
             return root
         partial = root.parent / f".{root.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        write_synthetic_faces(partial, spec, progress=progress)
+        with tqdm(total=data.total(spec), desc=f"rendering {data.kind} into {root}", unit="img",
+                  disable=not progress) as bar:
+            data.write(partial, spec, bar)
+        (partial / SPEC_NAME).write_text(json.dumps(spec, indent=1, sort_keys=True))
         partial.rename(root)
     return root

@@ -24,6 +24,8 @@ import zlib
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator
 
+from configs.errors import VisageError
+
 BLOCK = 512
 READ_BUFFER = 1 << 16  # bytes read from the file at a time
 ZERO_BLOCK = bytes(BLOCK)
@@ -38,7 +40,7 @@ META_NAME = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, neve
 KEY_AND_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's split: "dir/key.field.ext"
 
 
-class TarFormatError(ValueError):
+class TarFormatError(VisageError, ValueError):
     """A tar archive that cannot be read on: ``kind`` is ``truncated_shard`` or ``corrupt_shard``."""
 
     def __init__(self, kind: str, message: str):

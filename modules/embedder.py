@@ -21,7 +21,7 @@ from modules.optim import configure_optimizers
 
 
 class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
-    monitor = "val/accuracy"  # the checkpoint metric (higher is better)
+    export_prefix = "net."  # the embedding network's weights in the state_dict (``visage export``)
 
     def __init__(self, config: dict):
         super().__init__()

@@ -8,7 +8,8 @@ import torch
 
 from modules.distributed import all_gather_no_grad
 from modules.metrics.retrieval import retrieval_metrics
-from modules.metrics.verification import make_verification_pairs, pair_distances, verification_report
+from datamodules.pairs import balanced_pairs
+from modules.metrics.verification import pair_distances, verification_report
 
 
 @dataclass
@@ -63,7 +64,7 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, num_pair
     """Verification (10-fold accuracy, TAR@FAR) on balanced pairs and leave-one-out retrieval."""
     emb = torch.nn.functional.normalize(embeddings.detach().float(), dim=1).cpu().numpy()
     lab = labels.detach().cpu().numpy()
-    idx_a, idx_b, is_same = make_verification_pairs(lab, min(num_pairs, 2 * positive_pairs(lab)), seed)
+    idx_a, idx_b, is_same = balanced_pairs(lab, min(num_pairs, 2 * positive_pairs(lab)), seed)
     metrics = verification_report(emb[idx_a], emb[idx_b], is_same, fars=fars)
     retrieval = retrieval_metrics(emb, lab, emb, lab, exclude_self=True)
     neighbours, correct = retrieval["neighbours"], retrieval["neighbour_correct"]
@@ -72,10 +73,51 @@ def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, num_pair
                                correct)
 
 
+def verification_table(metrics: dict) -> str:
+    """One line per evaluated set (``val``, ``val/lfw``, ...): 10-fold accuracy +- std and the TARs."""
+    sets = sorted(key[:-len("/accuracy")] for key in metrics if key.endswith("/accuracy"))
+    fars = sorted({key.split("@far=")[1] for key in metrics if "/tar@far=" in key}, key=float, reverse=True)
+    width = max([len(name) for name in sets] + [3])
+    lines = [f"  {'set':<{width}}  accuracy (10-fold)  " + "  ".join(f"TAR@FAR={far}" for far in fars)]
+    for name in sets:
+        accuracy = f"{metrics[name + '/accuracy']:.4f} +- {metrics.get(name + '/accuracy_std', float('nan')):.4f}"
+        tars = "  ".join(f"{metrics.get(f'{name}/tar@far={far}', float('nan')):<{len('TAR@FAR=') + len(far)}.4f}"
+                         for far in fars)
+        lines.append(f"  {name:<{width}}  {accuracy:<18}  {tars}".rstrip())
+    others = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.split("/")[-1] in ("rank1", "rank5", "mAP"))
+    return "\n".join(lines + ([f"  {others}"] if others else []))
+
+
 class EmbeddingEvaluationHooks:
     """The Lightning hooks the face embedding modules (embedder, recognizer) share: embeddings of an
     image plus its mirror (the insightface protocol), reported by the module's ``_evaluate(prefix)``
-    after each validation and test. Mixed in before ``pl.LightningModule``."""
+    after each validation and test, and the task hooks of the run (checkpoint metric, pictures,
+    end-of-run summary, predictions). Mixed in before ``pl.LightningModule``."""
+
+    # the checkpoint metric and its direction: the held-out identities' 10-fold verification accuracy
+    monitor = ("val/accuracy", "max")
+
+    def configure_callbacks(self) -> list:
+        logging = self.config.get("logging", {})
+        if not logging.get("pictures", True):
+            return []
+        from modules.embedding_pictures import EmbeddingPictures  # noqa: PLC0415 (drawing only when asked)
+
+        return [EmbeddingPictures(logging.get("picture_samples", 16))]
+
+    def summary(self, metrics: dict) -> str:
+        """What the end of fit / validate / test prints."""
+        return f"verification on unseen identities (image + mirror embeddings):\n{verification_table(metrics)}"
+
+    def save_predictions(self, path) -> str:
+        """Write what ``predict`` gathered (call on global rank 0 after ``trainer.predict``); returns a
+        line that says what was written."""
+        split = self.trainer.datamodule.val_split
+        split_name = self.trainer.datamodule.data["val_split"]
+        predictions = {**self.predictions, "key": [record["__key__"] for record in split.records], "split": split_name}
+        torch.save(predictions, path)
+        return (f"predictions: {path} ({len(predictions['key'])} embeddings of split {split_name!r}, "
+                "in the split's order: embedding, label, key)")
 
     def embed_with_flip(self, images: torch.Tensor) -> torch.Tensor:
         """Sum of the embeddings of the image and its mirror."""

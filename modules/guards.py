@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from configs.errors import VisageError
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(VisageError, FloatingPointError):
     pass
 
 

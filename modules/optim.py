@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from modules.schedules import WarmupConstantLambda, WarmupCosineLambda, WarmupPolyLambda
+from modules.schedules import lr_multiplier
 
 
 def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
@@ -15,19 +15,9 @@ def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
 
 
-def schedule(kind: str, total_steps: int, warmup_steps: int):
-    """The per-step lr multiplier: linear warm-up, then cosine, polynomial (power 1) or constant."""
-    total_steps = max(total_steps, warmup_steps + 1)
-    if kind == "cosine":
-        return WarmupCosineLambda(total_steps, warmup_steps)
-    if kind == "warmup_poly":
-        return WarmupPolyLambda(total_steps, warmup_steps)
-    return WarmupConstantLambda(warmup_steps)
-
-
 def configure_optimizers(module, params, optim: dict) -> dict:
     """Lightning's configure_optimizers result with a per-step schedule over the whole run."""
     optimizer = build_optimizer(params, optim)
-    multiplier = schedule(optim["scheduler"], int(module.trainer.estimated_stepping_batches), optim["warmup_steps"])
+    multiplier = lr_multiplier(optim["scheduler"], int(module.trainer.estimated_stepping_batches), optim["warmup_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -29,7 +29,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from datamodules.recognition import HELD_OUT_SET, verification_set_names
 from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, PairSet,
                                     evaluate_embeddings, gather_in_dataset_order, held_out_pairs)
 from modules.guards import stop_if_not_finite
@@ -55,7 +54,7 @@ def build_margin_head(margin: dict) -> MarginHead:
 
 
 class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
-    monitor = "val/accuracy"  # the held-out identities' 10-fold verification accuracy (higher is better)
+    export_prefix = "backbone."  # the embedding network's weights in the state_dict (``visage export``)
 
     def __init__(self, config: dict):
         super().__init__()
@@ -69,7 +68,6 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
         # built in configure_model: PartialFC shards by the world size, known once DDP has started
         self.partial_fc: PartialFC | None = None
         self.center_loss: CenterLoss | None = None
-        self.eval_names = [HELD_OUT_SET] + verification_set_names(config["data"].get("verification") or [])
         self._val_parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self.last_evaluation: EmbeddingEvaluation | None = None
         self.last_eval_labels: torch.Tensor | None = None
@@ -101,7 +99,7 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
         exclude_partial_fc_from_ddp(self)  # Lightning's DDP wraps this module: it honours the list
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # the loaders' batches are channels-last (datamodules.reading.stack): the backbone gets the
+        # the loaders' batches are channels-last (datamodules.collate.stack): the backbone gets the
         # layout its config names, a no-op for channels_last and one copy on the device otherwise
         layout = torch.channels_last if self.config["model"]["channels_last"] else torch.contiguous_format
         return self.backbone(images.contiguous(memory_format=layout))
@@ -160,9 +158,10 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
 
     def _evaluate(self, prefix: str) -> None:
         metrics, pair_sets = {}, []
+        names = self.trainer.datamodule.evaluation_names()  # the datamodule owns the sets and their names
         for set_index in sorted(self._val_parts):  # the same sets, in the same order, on every rank
             emb, target = gather_in_dataset_order(self._val_parts[set_index])
-            name = self.eval_names[set_index]
+            name = names[set_index]
             if set_index == 0:  # held-out identities: balanced pairs drawn from their labels
                 evaluation = evaluate_embeddings(emb, target, self.config["data"]["val_pairs"],
                                                  seed=self.config["run"]["seed"], fars=FARS)
@@ -208,7 +207,7 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
         if optim["warmup_epochs"]:
             steps_per_epoch = max(1, self.trainer.num_training_batches // self.trainer.accumulate_grad_batches)
             warmup = round(optim["warmup_epochs"] * steps_per_epoch)
-        schedule = SampleSchedule(optim["scheduler"], total, min(warmup, total - 1), optim["power"], global_batch)
+        schedule = SampleSchedule(optim["scheduler"], total, warmup, optim["power"], global_batch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -1,6 +1,6 @@
 """The typed config of the margin-softmax face recognizer (``task: recognizer``) and its checks.
 
-The sections extend the shared ones of ``trainers.config``: ``model`` is the recognizer's own,
+The sections extend the shared ones of ``configs.schema``: ``model`` is the recognizer's own,
 ``optim`` adds the large-batch recipe of insightface arcface_torch (lr scaled with the global batch,
 warm-up then polynomial decay per step, backbone-only gradient clipping), ``data`` adds the
 insightface verification sets (``.bin`` files) evaluated beside the held-out identities.
@@ -13,10 +13,12 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainers.config import (FACE_BACKBONES, AugmentConfig, ConfigError, DataConfig, ExperimentConfig, OptimConfig,
-                             SamplerConfig)
+from configs.schema import ConfigError, ExperimentConfig, OptimConfig, at_least, one_of, rule
+from datamodules.face_config import AugmentConfig, FaceDataConfig, SamplerConfig, check_face_data
+from modules.embedder_config import check_face_backbone
+from modules.losses.kinds import margins
+from modules.nets.backbones import FACE_BACKBONES
 
-MARGIN_KINDS = ("arcface", "cosface", "sphereface", "combined")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 
 
@@ -24,7 +26,7 @@ LR_SCALING_RULES = ("none", "linear", "sqrt")
 class MarginConfig:
     kind: str = "arcface"               # arcface | cosface | sphereface | combined
     s: float = 64.0                     # logit scale
-    # target logit s * (cos(m1 * theta + m2) - m3); null = the kind's default:
+    # target logit s * (cos(m1 * theta + m2) - m3); null = the kind's default (modules.losses.kinds):
     # arcface m2 = 0.5, cosface m3 = 0.35, combined (1, 0.3, 0.2)
     m1: Optional[float] = None
     m2: Optional[float] = None
@@ -78,7 +80,7 @@ class RecognizerOptimConfig(OptimConfig):
 
 
 @dataclass
-class RecognitionDataConfig(DataConfig):
+class RecognitionDataConfig(FaceDataConfig):
     # plain random batches and a horizontal flip, as arcface_torch trains
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(kind="plain"))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=0.5, color=0.0, affine=0.0, blur=0.0))
@@ -94,15 +96,11 @@ class RecognizerExperiment(ExperimentConfig):
     optim: RecognizerOptimConfig = field(default_factory=RecognizerOptimConfig)
     model: RecognizerModelConfig = field(default_factory=RecognizerModelConfig)
 
-
-def _one_of(value, key: str, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-
-
-def _at_least(value, key: str, low: float, inclusive: bool = True) -> None:
-    if value is not None and (value < low if inclusive else value <= low):
-        raise ConfigError(f"{key}: must be {'>=' if inclusive else '>'} {low}, got {value}")
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        check_face_data(cfg)
+        validate_recognizer(cfg)
 
 
 def validate_recognizer(cfg: DictConfig | dict) -> None:
@@ -110,38 +108,29 @@ def validate_recognizer(cfg: DictConfig | dict) -> None:
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     model, optim, data = cfg.model, cfg.optim, cfg.data
-    _one_of(model.backbone, "model.backbone", FACE_BACKBONES)
-    _at_least(model.embedding_size, "model.embedding_size", 1)
+    check_face_backbone(cfg, FACE_BACKBONES)
+    at_least(model.embedding_size, "model.embedding_size", 1)
     if not 0.0 <= model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {model.dropout}")
-    _at_least(model.num_classes, "model.num_classes", 1)
+    at_least(model.num_classes, "model.num_classes", 1)
     margin = model.margin
-    _one_of(margin.kind, "model.margin.kind", MARGIN_KINDS)
-    _at_least(margin.s, "model.margin.s", 0.0, inclusive=False)
-    given = {name: margin[name] for name in ("m1", "m2", "m3") if margin[name] is not None}
+    rule("model.margin", margins, margin.kind, margin.m1, margin.m2, margin.m3, margin.straight_through,
+         margin.sphere_m)
+    at_least(margin.s, "model.margin.s", 0.0, inclusive=False)
     if margin.kind == "sphereface":
-        if given:
-            raise ConfigError(f"model.margin.{next(iter(given))}: sphereface takes model.margin.sphere_m, not m1/m2/m3")
-        if margin.straight_through:
-            raise ConfigError("model.margin.straight_through: applies to the additive margins only")
-        _at_least(margin.sphere_m, "model.margin.sphere_m", 1)
-        _at_least(margin.lambda_min, "model.margin.lambda_min", 0.0)
-    elif margin.kind == "arcface" and any(k in given and given[k] != d for k, d in (("m1", 1.0), ("m3", 0.0))):
-        raise ConfigError("model.margin.kind: arcface uses m2 only; use kind=combined for m1 or m3")
-    elif margin.kind == "cosface" and any(k in given and given[k] != d for k, d in (("m1", 1.0), ("m2", 0.0))):
-        raise ConfigError("model.margin.kind: cosface uses m3 only; use kind=combined for m1 or m2")
+        at_least(margin.lambda_min, "model.margin.lambda_min", 0.0)
     rate = model.partial_fc.sample_rate
     if not 0.0 < rate <= 1.0:
         raise ConfigError(f"model.partial_fc.sample_rate: must be in (0, 1], got {rate}")
-    _at_least(model.partial_fc.init_std, "model.partial_fc.init_std", 0.0, inclusive=False)
-    _at_least(model.center_loss.weight, "model.center_loss.weight", 0.0)
+    at_least(model.partial_fc.init_std, "model.partial_fc.init_std", 0.0, inclusive=False)
+    at_least(model.center_loss.weight, "model.center_loss.weight", 0.0)
 
-    _one_of(optim.lr_scaling, "optim.lr_scaling", LR_SCALING_RULES)
-    _at_least(optim.base_batch, "optim.base_batch", 1)
-    _at_least(optim.power, "optim.power", 0.0, inclusive=False)
-    _at_least(optim.warmup_epochs, "optim.warmup_epochs", 0.0)
-    _at_least(optim.warmup_steps, "optim.warmup_steps", 0)
-    _at_least(optim.backbone_clip_norm, "optim.backbone_clip_norm", 0.0, inclusive=False)
+    one_of(optim.lr_scaling, "optim.lr_scaling", LR_SCALING_RULES)
+    at_least(optim.base_batch, "optim.base_batch", 1)
+    at_least(optim.power, "optim.power", 0.0, inclusive=False)
+    at_least(optim.warmup_epochs, "optim.warmup_epochs", 0.0)
+    at_least(optim.warmup_steps, "optim.warmup_steps", 0)
+    at_least(optim.backbone_clip_norm, "optim.backbone_clip_norm", 0.0, inclusive=False)
 
     if data.sampler.kind != "plain":
         raise ConfigError(f"data.sampler.kind: the recognizer trains on plain random batches, got "

@@ -81,6 +81,20 @@ def warmup_poly_lambda(total_steps: int, warmup_steps: int, power: float = 1.0) 
     return WarmupPolyLambda(total_steps, warmup_steps, power)
 
 
+def lr_multiplier(kind: str, total_steps: int, warmup_steps: int, power: float = 1.0) -> Callable[[float], float]:
+    """The one schedule of ``optim.scheduler``: a linear warm-up, then polynomial decay ('warmup_poly'),
+    half a cosine ('cosine') or the base lr ('none') over ``total_steps``. The warm-up is always the
+    one asked for: a run shorter than it stretches the schedule (the lr of step t does not depend on
+    the run's length while it warms up, so a run stopped early and resumed matches a straight one)."""
+    warmup_steps = max(0, int(warmup_steps))
+    total_steps = max(int(total_steps), warmup_steps + 1)
+    if kind == "warmup_poly":
+        return WarmupPolyLambda(total_steps, warmup_steps, power)
+    if kind == "cosine":
+        return WarmupCosineLambda(total_steps, warmup_steps)
+    return WarmupConstantLambda(warmup_steps)
+
+
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -127,12 +141,7 @@ class SampleSchedule:
         return self.anchor_position + (step - self.anchor_step) * self.ratio
 
     def __call__(self, step: int) -> float:
-        position = self.position(step)
-        if self.kind == "warmup_poly":
-            return WarmupPolyLambda(self.total_steps, self.warmup_steps, self.power)(position)
-        if self.kind == "cosine":
-            return WarmupCosineLambda(self.total_steps, self.warmup_steps)(position)
-        return WarmupConstantLambda(self.warmup_steps)(position)
+        return lr_multiplier(self.kind, self.total_steps, self.warmup_steps, self.power)(self.position(step))
 
     def rebase(self, step: int, global_batch: int) -> None:
         self.anchor_position = self.position(step)

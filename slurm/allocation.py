@@ -15,10 +15,12 @@ import socket
 import subprocess
 from typing import Any, Mapping, MutableMapping
 
+from configs.errors import VisageError
+
 INTERACTIVE_JOB_NAMES = ("bash", "interactive")  # Lightning does not treat these as SLURM jobs
 
 
-class AllocationError(ValueError):
+class AllocationError(VisageError, ValueError):
     """The trainer settings do not match the SLURM allocation."""
 
 

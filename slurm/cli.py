@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slurm.profile import ProfileError, load_profile
-from slurm.render import RenderError, render_script
-from slurm.submit import SubmitError, plan_job, submit
-from trainers.config import ConfigError
+from configs.errors import VisageError
+from slurm.profile import load_profile
+from slurm.render import render_script
+from slurm.submit import plan_job, submit
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def run_submit(args: argparse.Namespace) -> int:
             print(render_script(spec), end="")
             return 0
         result = submit(spec)
-    except (ConfigError, ProfileError, SubmitError, RenderError) as err:
+    except VisageError as err:
         print(f"visage submit: error: {err}", file=sys.stderr)
         return 2
     world = spec.nodes * spec.devices_per_node

@@ -13,11 +13,13 @@ from typing import Any
 
 import yaml
 
+from configs.errors import VisageError
+
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "cluster"
 TIME_FORMAT = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")  # SLURM: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 
 
-class ProfileError(ValueError):
+class ProfileError(VisageError, ValueError):
     """A cluster profile that cannot be used; the message names the key."""
 
 

@@ -12,13 +12,14 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from configs.errors import VisageError
 from slurm.profile import ClusterProfile
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "train.sbatch"
 SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_./:+@=,\-]+$")  # no spaces, quotes, '%' (a filename pattern) or '$'
 
 
-class RenderError(ValueError):
+class RenderError(VisageError, ValueError):
     """A job that cannot be written as an sbatch script; the message names the setting."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from configs.errors import VisageError
 from slurm.allocation import INTERACTIVE_JOB_NAMES, device_count
 from slurm.profile import TIME_FORMAT, ClusterProfile
 from slurm.render import JobSpec, render_script, trainer_overrides
@@ -24,7 +25,7 @@ from trainers.run_dir import resolve_run_dir
 UNSWEEPABLE = ("trainer.devices", "trainer.num_nodes", "trainer.accelerator", "run.root", "run.name", "run.id")
 
 
-class SubmitError(ValueError):
+class SubmitError(VisageError, ValueError):
     """A job that cannot be submitted; the message names the setting."""
 
 

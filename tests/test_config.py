@@ -8,7 +8,9 @@ import pytest
 import torch
 import yaml
 
-from trainers.config import FACE_BACKBONES, ConfigError, load_config, to_plain
+from configs.schema import ConfigError, to_plain
+from modules.nets.backbones import FACE_BACKBONES
+from trainers.config import load_config
 
 EXPERIMENT = "configs/embedder/triplet.yaml"
 
@@ -18,7 +20,7 @@ def test_defaults_experiment_and_overrides_merge():
     assert cfg.trainer.max_epochs == 3
     assert cfg.model.embedding_size == 64
     assert cfg.run.name == "abc"
-    assert cfg.logging.project == "visage"           # from defaults.yaml
+    assert cfg.logging.project == "visage"           # the schema's default
     assert cfg.model.cross_rank_mining is True       # from the experiment file
     assert load_config(EXPERIMENT).run.name == "embedder-triplet"
 
@@ -99,7 +101,6 @@ def test_print_config_is_the_resolved_yaml():
 
 
 def test_checkpoint_hyperparameters_are_plain_containers(tmp_path):
-    from trainers.config import to_plain
     cfg = load_config(EXPERIMENT)
     plain = to_plain(cfg)
     path = tmp_path / "h.pt"

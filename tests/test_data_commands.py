@@ -57,26 +57,29 @@ def test_synthetic_data_is_made_once_and_a_folder_made_for_other_parameters_is_r
     assert "Traceback" not in err and index.stat().st_mtime_ns == written
 
 
-def test_two_processes_asking_for_the_same_synthetic_data_render_it_once(tmp_path, monkeypatch):
+def test_two_processes_asking_for_the_same_synthetic_data_render_it_once(tmp_path):
     """Two runs starting together (two ranks, two jobs): one renders under the file lock, the other
     waits for it and reads the same folder; nothing is rendered twice and no half dataset is seen."""
     import multiprocessing
     import time
 
-    from datamodules import synthetic
-    renders, real_write = tmp_path / "renders", synthetic.write_synthetic_faces
+    import dataclasses
 
-    def counted_write(root, spec, **kwargs):
+    from datamodules import synthetic
+    from datamodules.synthetic_faces import SYNTHETIC_FACES
+    renders, real_write = tmp_path / "renders", SYNTHETIC_FACES.write
+
+    def counted_write(root, spec, bar):
         with open(renders, "a") as f:
             f.write("render\n")
         time.sleep(1.0)  # hold the lock long enough for the other process to queue on it
-        real_write(root, spec, **kwargs)
+        real_write(root, spec, bar)
 
-    monkeypatch.setattr(synthetic, "write_synthetic_faces", counted_write)
+    counted = dataclasses.replace(SYNTHETIC_FACES, write=counted_write)
     spec = {"identities": 3, "val_identities": 2, "per_identity": 2, "size": 32, "difficulty": 0.5, "seed": 0,
             "shard_size": 4}
     context = multiprocessing.get_context("fork")  # the children inherit the counting writer
-    workers = [context.Process(target=synthetic.ensure_synthetic_faces, args=(tmp_path / "faces", spec),
+    workers = [context.Process(target=synthetic.ensure_synthetic, args=(counted, tmp_path / "faces", spec),
                                kwargs={"progress": False}) for _ in range(2)]
     for worker in workers:
         worker.start()

@@ -86,7 +86,8 @@ def embeddings_by_hand(checkpoint: Path, split: Path) -> tuple[torch.Tensor, lis
     """The checkpoint's embedding (image + mirror) of every sample of a split, in the split's order,
     decoded and normalised here: OpenCV's BGR reversed, (x - 127.5) / 128."""
     import numpy as np
-    from datamodules.reading import BadSampleCounter, read_shard
+    from datamodules.bad_samples import BadSampleCounter
+    from datamodules.shard_stream import read_shard
     from datamodules.shards import read_index
     from modules.embedder import TripletEmbedder
     state = torch.load(checkpoint, weights_only=True)

@@ -74,3 +74,34 @@ def test_schema_takes_98_68_and_5_landmarks_and_coco_visibility_only():
     with pytest.raises(SampleError, match="'keypoints': visibility") as err:
         validate_annotation({"keypoints": [[1, 2, 0], [3, 4, 3]]})
     assert err.value.kind == "bad_shape"
+
+
+@pytest.mark.parametrize("layout_name", ["coco17", "mpii16"])
+def test_body_layouts_flip_left_to_right_and_their_skeleton_stays_inside(layout_name):
+    from datamodules.layouts import BODY_LAYOUTS
+    layout = BODY_LAYOUTS[layout_name]
+    names = layout.keypoints
+    for a, b in layout.flip_pairs:  # every pair joins a left and a right point of the same part
+        assert {names[a].split("_")[0], names[b].split("_")[0]} == {"left", "right"}
+        assert names[a].split("_", 1)[1] == names[b].split("_", 1)[1]
+    sided = {i for i, name in enumerate(names) if name.startswith(("left_", "right_"))}
+    assert {i for pair in layout.flip_pairs for i in pair} == sided  # and every sided point has its partner
+    perm = layout.flip_permutation()
+    assert sorted(perm) == list(range(layout.num_points)) and [perm[p] for p in perm] == list(range(layout.num_points))
+    assert all(0 <= a < layout.num_points and 0 <= b < layout.num_points for a, b in layout.skeleton)
+    # the skeleton connects every keypoint
+    reached, frontier = {0}, [0]
+    while frontier:
+        point = frontier.pop()
+        for a, b in layout.skeleton:
+            for nxt in ((b,) if a == point else (a,) if b == point else ()):
+                if nxt not in reached:
+                    reached.add(nxt)
+                    frontier.append(nxt)
+    assert reached == set(range(layout.num_points))
+
+
+def test_coco_oks_sigmas_are_the_published_ones_and_symmetric():
+    from datamodules.layouts import COCO17
+    assert COCO17.sigmas[:5] == (0.026, 0.025, 0.025, 0.035, 0.035) and COCO17.sigmas[-1] == 0.089
+    assert all(COCO17.sigmas[a] == COCO17.sigmas[b] for a, b in COCO17.flip_pairs)

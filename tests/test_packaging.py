@@ -29,7 +29,8 @@ def test_a_wheel_installed_elsewhere_finds_its_configs_and_sbatch_template(tmp_p
                     str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("visage-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"configs/defaults.yaml", "configs/embedder/triplet.yaml", "configs/recognizer/arcface.yaml",
+    assert {"configs/schema.py", "configs/embedder/triplet.yaml", "configs/recognizer/arcface.yaml",
+            "configs/recognizer/cosface.yaml", "configs/cluster/local.yaml",
             "slurm/templates/train.sbatch"} <= names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
     site = tmp_path / "site"

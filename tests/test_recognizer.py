@@ -13,7 +13,8 @@ import torch
 from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
 
 from datamodules.converters.verification_bin import verification_pairs_from_split, write_verification_bin
-from datamodules.synthetic import cache_dir, synthetic_faces_name
+from datamodules.synthetic import cache_dir
+from datamodules.synthetic_faces import synthetic_faces_name
 from modules.losses.partial_fc import LabelError
 from modules.nets.iresnet import iresnet50, iresnet_tiny
 from modules.embedding_eval import PairSet
@@ -22,7 +23,8 @@ from modules.recognizer import FaceRecognizer
 from modules.schedules import SampleSchedule
 from modules.recognizer_config import validate_recognizer
 from trainers.cli import main as visage
-from trainers.config import ConfigError, load_config, to_plain
+from configs.schema import ConfigError, to_plain
+from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 
 EXPERIMENT = "configs/recognizer/arcface.yaml"
@@ -333,7 +335,7 @@ def test_hardest_pairs_picture_shows_closest_negatives_and_farthest_positives():
 
 
 def test_verification_table_has_a_row_per_set_and_a_column_per_far():
-    from trainers.cli import verification_table  # noqa: PLC0415
+    from modules.embedding_eval import verification_table  # noqa: PLC0415
 
     metrics = {"val/accuracy": 0.95, "val/accuracy_std": 0.01, "val/tar@far=1e-03": 0.7, "val/tar@far=1e-04": 0.5,
                "val/lfw/accuracy": 0.9, "val/lfw/accuracy_std": 0.02, "val/lfw/tar@far=1e-03": 0.3,

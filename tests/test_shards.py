@@ -11,8 +11,12 @@ import torch
 import pytest
 import webdataset as wds
 
-from datamodules.reading import (BAD_SAMPLE_KINDS, BadSampleCounter, EpochLoader, MemorySplit, ShardStream,
-                                 counts_to_dict, decode_sample, PlainBatcher, rank_shards, read_shard)
+from datamodules.bad_samples import BadSampleCounter, counts_to_dict
+from datamodules.batchers import PlainBatcher
+from datamodules.decoding import decode_sample
+from datamodules.epoch_loader import EpochLoader
+from datamodules.memory_split import MemorySplit
+from datamodules.shard_stream import ShardStream, rank_shards, read_shard
 from datamodules.schema import SampleError
 from datamodules.shards import ShardIndexError, ShardWriter, encode_image, read_index
 from tests.conftest import identity_image, write_identity_split
@@ -231,7 +235,7 @@ class CountingTransform:
 
 
 def test_an_epoch_decodes_only_the_samples_its_batches_use(identity_dataset):
-    from datamodules.samplers import PKBatcher
+    from datamodules.batchers import PKBatcher
     shards = read_index(identity_dataset / "train").shards
     transform = CountingTransform()
     for workers in (0, 2):  # the shuffle buffer holds undecoded records; workers stop after their share
@@ -294,24 +298,24 @@ def test_decode_rgb_gives_the_rgb_pixels_of_every_image_kind(monkeypatch, direct
     """Both ways decode_rgb can work (OpenCV >= 4.11 decodes straight to RGB; older ones swap after)
     give what imdecode's BGR reversed by hand gives: 8-bit, 3 channels, RGB order."""
     import cv2
-    from datamodules import reading
-    if direct and reading.DECODE_RGB is None:
+    from datamodules import decoding
+    if direct and decoding.DECODE_RGB is None:
         pytest.skip("this OpenCV has no IMREAD_COLOR_RGB")
     if not direct:
-        monkeypatch.setattr(reading, "DECODE_RGB", None)
+        monkeypatch.setattr(decoding, "DECODE_RGB", None)
     for kind, data in encoded_test_images().items():
         expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-        image = reading.decode_rgb(data)
+        image = decoding.decode_rgb(data)
         assert image.dtype == np.uint8 and image.shape == (24, 20, 3), kind
         np.testing.assert_array_equal(image, expected, err_msg=kind)
     for bad in (b"", b"\xff\xd8\xff" + bytes(40), b"not an image"):
-        assert reading.decode_rgb(bad) is None
+        assert decoding.decode_rgb(bad) is None
 
 
 def test_identity_transform_without_augmentation_resizes_with_inter_area_only_when_needed():
     import cv2
     from datamodules.faces import IdentityTransform
-    from datamodules.reading import DecodedSample
+    from datamodules.decoding import DecodedSample
     rng = np.random.default_rng(2)
     for shape in ((40, 40, 3), (24, 30, 3), (30, 24, 3)):  # one side at the size is not enough
         image = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -329,8 +333,7 @@ class CollateInWorker(torch.utils.data.IterableDataset):
     stacked in shared memory."""
 
     def __iter__(self):
-        from datamodules.faces import image_tensor
-        from datamodules.reading import collate
+        from datamodules.collate import collate, image_tensor
         batch = collate([{"image": image_tensor(image), "label": i} for i, image in enumerate(hwc_images())])
         yield {"shared": batch["image"].is_shared(), "image": batch["image"], "label": batch["label"]}
 
@@ -343,8 +346,7 @@ def hwc_images() -> list[np.ndarray]:
 def test_collate_stacks_images_channels_last_into_shared_memory_inside_a_loader_worker():
     """A batch leaves a worker through shared memory, and stacking it there directly saves a copy.
     Images are stacked in their H x W x C memory: the batch is N x C x H x W, channels-last."""
-    from datamodules.faces import image_tensor
-    from datamodules.reading import batch_as_is, collate
+    from datamodules.collate import batch_as_is, collate, image_tensor
     out = next(iter(torch.utils.data.DataLoader(CollateInWorker(), batch_size=None, num_workers=1,
                                                 collate_fn=batch_as_is)))
     expected = torch.from_numpy(np.stack(hwc_images()).transpose(0, 3, 1, 2).copy())  # N x C x H x W by hand

@@ -18,7 +18,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from slurm.requeue import RequeueAtStepBoundary, next_hpc_checkpoint, requeue_target
+from trainers.requeue import RequeueAtStepBoundary, next_hpc_checkpoint, requeue_target
 
 MAX_STEPS = 6
 

@@ -11,7 +11,8 @@ import tarfile
 import pytest
 from webdataset.tariterators import base_plus_ext
 
-from datamodules.reading import BadSampleCounter, read_shard
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.shard_stream import read_shard
 from datamodules.shards import ShardWriter, read_index
 from datamodules.tar_reader import checksum_ok, header_number, member_key, tar_records
 from tests.conftest import identity_image

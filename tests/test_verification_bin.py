@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from datamodules.converters.verification_bin import (VerificationBinError, _sample_balanced_pairs,
+from datamodules.converters.verification_bin import (VerificationBinError, pair_indices,
                                                      read_verification_bin, verification_pairs_from_split,
                                                      write_verification_bin)
 from datamodules.shards import encode_image, write_split
@@ -116,11 +116,10 @@ def test_pairs_from_split_are_balanced_correct_and_unique(tmp_path, sizes):
 
 
 def test_pair_sampler_errors():
-    rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="even"):
-        _sample_balanced_pairs([0, 0, 1, 1], 3, rng)
+        pair_indices([0, 0, 1, 1], 3)
     with pytest.raises(ValueError, match="2 same-identity"):
-        _sample_balanced_pairs([0, 0, 1, 1], 6, rng)  # only two same pairs exist
+        pair_indices([0, 0, 1, 1], 6)  # only two same pairs exist
 
 
 def test_same_pairs_are_uniform_over_pairs_not_identities():
@@ -128,7 +127,7 @@ def test_same_pairs_are_uniform_over_pairs_not_identities():
     identities = [0] * 20 + [i for i in range(1, 11) for _ in range(2)]
     big = 0
     for seed in range(300):
-        pairs = _sample_balanced_pairs(identities, 4, np.random.default_rng(seed))
+        pairs = pair_indices(identities, 4, seed)
         big += sum(identities[a] == 0 for a, _, same in pairs if same)
     assert 0.92 < big / 600 < 0.98
 

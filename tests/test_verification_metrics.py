@@ -2,6 +2,8 @@
 import math
 
 import numpy as np
+
+from datamodules.pairs import balanced_pairs
 import pytest
 import sklearn.metrics
 import torch
@@ -11,7 +13,6 @@ from modules.metrics.verification import (
     auc,
     fold_bounds,
     kfold_verification,
-    make_verification_pairs,
     pair_distances,
     roc_curve,
     tar_at_far,
@@ -27,7 +28,7 @@ from modules.metrics.verification import (
     np.r_[np.repeat(np.arange(50), 4), -np.ones(20, int), np.arange(50, 80)],
 ])
 def test_pairs_are_balanced_distinct_deterministic_and_correctly_labelled(labels):
-    a, b, same = make_verification_pairs(labels, num_pairs=19, seed=3)
+    a, b, same = balanced_pairs(labels, num_pairs=19, seed=3)
     assert a.dtype == np.int64 and b.dtype == np.int64 and same.dtype == bool
     assert same.sum() == 10 and (~same).sum() == 9
     assert np.all(same[0::2]) and not np.any(same[1::2])             # interleaved, positive first
@@ -35,24 +36,24 @@ def test_pairs_are_balanced_distinct_deterministic_and_correctly_labelled(labels
     assert len(set(zip(a.tolist(), b.tolist()))) == 19                 # no pair twice
     assert np.all((labels[a] == labels[b]) == same)
     assert np.all(labels[a] >= 0) and np.all(labels[b] >= 0)          # unlabelled samples unused
-    again = make_verification_pairs(labels, num_pairs=19, seed=3)
+    again = balanced_pairs(labels, num_pairs=19, seed=3)
     for x, y in zip((a, b, same), again):
         np.testing.assert_array_equal(x, y)
-    other = make_verification_pairs(labels, num_pairs=19, seed=4)
+    other = balanced_pairs(labels, num_pairs=19, seed=4)
     assert not (np.array_equal(a, other[0]) and np.array_equal(b, other[1]))
 
 
 def test_pairs_exhaust_the_pool_exactly_and_refuse_more():
     labels = np.array([0, 0, 1, 1, 1, 2])
     # positives available: C(2,2) + C(3,2) = 4
-    a, b, same = make_verification_pairs(labels, num_pairs=8, seed=0)
+    a, b, same = balanced_pairs(labels, num_pairs=8, seed=0)
     positives = sorted(zip(a[same].tolist(), b[same].tolist()))
     assert positives == [(0, 1), (2, 3), (2, 4), (3, 4)]
     with pytest.raises(ValueError, match="distinct pairs"):
-        make_verification_pairs(labels, num_pairs=10, seed=0)
+        balanced_pairs(labels, num_pairs=10, seed=0)
     # negatives available: C(6,2) - 4 = 11
     with pytest.raises(ValueError, match="distinct pairs"):
-        make_verification_pairs(np.array([0, 0, 0, 0, 0, 1]), num_pairs=12, seed=0)
+        balanced_pairs(np.array([0, 0, 0, 0, 0, 1]), num_pairs=12, seed=0)
 
 
 # --------------------------------------------------------------------------------------------- distances
@@ -211,7 +212,7 @@ def test_verification_report_combines_the_parts_as_plain_floats():
     centres = rng.normal(size=(40, 16))
     labels = np.repeat(np.arange(40), 4)
     embeddings = centres[labels] + rng.normal(size=(160, 16)) * 0.6
-    a, b, same = make_verification_pairs(labels, 200, seed=0)
+    a, b, same = balanced_pairs(labels, 200, seed=0)
     report = verification_report(torch.tensor(embeddings[a]), torch.tensor(embeddings[b]), same,
                                  fars=(1e-2, 1e-3))
     assert set(report) == {"accuracy", "accuracy_std", "threshold", "auc",

@@ -16,10 +16,11 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.strategies import DDPStrategy
 
-from slurm.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
-from trainers.callbacks import BadDataReport, Pictures, SlurmBookkeeping, ValidationMetricsToDict
-from trainers.config import to_plain
+from configs.schema import to_plain
+from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
+from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
 from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
+from trainers.tasks import load, task
 
 log = logging.getLogger("visage")
 
@@ -40,23 +41,11 @@ def is_launcher_or_rank_zero() -> bool:
 
 
 def build_module(config: dict) -> pl.LightningModule:
-    if config["task"] == "embedder":
-        from modules.embedder import TripletEmbedder  # noqa: PLC0415
-
-        return TripletEmbedder(config)
-    from modules.recognizer import FaceRecognizer  # noqa: PLC0415
-
-    return FaceRecognizer(config)
+    return load(task(config["task"]).module)(config)
 
 
 def build_datamodule(config: dict) -> pl.LightningDataModule:
-    if config["task"] == "embedder":
-        from datamodules.faces import FaceIdentityDataModule  # noqa: PLC0415
-
-        return FaceIdentityDataModule(config["data"], seed=config["run"]["seed"])
-    from datamodules.recognition import RecognitionDataModule  # noqa: PLC0415
-
-    return RecognitionDataModule(config["data"], seed=config["run"]["seed"])
+    return load(task(config["task"]).datamodule)(config["data"], seed=config["run"]["seed"])
 
 
 # -- run directory and resuming -------------------------------------------------------------------
@@ -145,8 +134,9 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     config = to_plain(cfg)
     module = build_module(config)
     datamodule = build_datamodule(config)
+    metric, direction = module.monitor  # the task's checkpoint metric and whether higher ("max") is better
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-step{step:06d}",
-                                 monitor=module.monitor, mode="max", save_top_k=1, auto_insert_metric_name=False)
+                                 monitor=metric, mode=direction, save_top_k=1, auto_insert_metric_name=False)
     # Lightning 2.6's save_last only writes when a best checkpoint was written: keep our own last.ckpt,
     # replaced at every validation (no -v1 copies when a resumed run writes into the same folder)
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
@@ -155,8 +145,6 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
                  RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
-    if cfg.logging.pictures:
-        callbacks.append(Pictures(run_dir, cfg.logging.picture_samples))
     t = cfg.trainer
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices if not OmegaConf.is_list(t.devices) else list(t.devices),
@@ -166,7 +154,8 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
         val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps, sync_batchnorm=t.sync_batchnorm,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        limit_val_batches=t.limit_val_batches, default_root_dir=str(run_dir), use_distributed_sampler=False,
+        limit_val_batches=t.limit_val_batches, fast_dev_run=t.fast_dev_run, default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
         logger=_loggers(cfg, run_dir), callbacks=callbacks)
     return Run(cfg, run_dir, module, datamodule, trainer, checkpoint, metrics, resume_from)
 

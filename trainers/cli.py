@@ -9,7 +9,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from trainers.config import ConfigError, load_config
+from configs.errors import VisageError
+from configs.schema import ConfigError
+from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 
 log = logging.getLogger("visage")
@@ -98,23 +100,8 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def verification_table(metrics: dict) -> str:
-    """One line per evaluated set (``val``, ``val/lfw``, ...): 10-fold accuracy +- std and the TARs."""
-    sets = sorted(key[:-len("/accuracy")] for key in metrics if key.endswith("/accuracy"))
-    fars = sorted({key.split("@far=")[1] for key in metrics if "/tar@far=" in key}, key=float, reverse=True)
-    width = max([len(name) for name in sets] + [3])
-    lines = [f"  {'set':<{width}}  accuracy (10-fold)  " + "  ".join(f"TAR@FAR={far}" for far in fars)]
-    for name in sets:
-        accuracy = f"{metrics[name + '/accuracy']:.4f} +- {metrics.get(name + '/accuracy_std', float('nan')):.4f}"
-        tars = "  ".join(f"{metrics.get(f'{name}/tar@far={far}', float('nan')):<{len('TAR@FAR=') + len(far)}.4f}"
-                         for far in fars)
-        lines.append(f"  {name:<{width}}  {accuracy:<18}  {tars}".rstrip())
-    others = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.split("/")[-1] in ("rank1", "rank5", "mAP"))
-    return "\n".join(lines + ([f"  {others}"] if others else []))
-
-
 def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
-    print(f"\nverification on unseen identities (image + mirror embeddings):\n{verification_table(metrics)}\n"
+    print(f"\n{run.module.summary(metrics)}\n"
           f"\nrun directory: {run.run_dir}\nmetrics:       {metrics_path}\n"
           f"pictures:      {run.run_dir / 'pictures'}\ncheckpoints:   {run.run_dir / 'checkpoints'}"
           f" (best: {run.checkpoint.best_model_path or 'none'})\ncsv log:       {run.run_dir / 'csv' / 'metrics.csv'}",
@@ -139,15 +126,7 @@ def cmd_evaluate(args) -> int:
     if args.command == "predict":
         trainer.predict(run.module, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False)
         if trainer.is_global_zero:
-            import torch  # noqa: PLC0415
-
-            split = run.datamodule.val_split
-            predictions = {**run.module.predictions, "key": [record["__key__"] for record in split.records],
-                           "split": cfg.data.val_split}
-            path = run_dir / "predictions.pt"
-            torch.save(predictions, path)
-            print(f"predictions: {path} ({len(predictions['key'])} embeddings of split {cfg.data.val_split!r}, "
-                  "in the split's order: embedding, label, key)")
+            print(run.module.save_predictions(run_dir / "predictions.pt"), flush=True)
         return 0
     method = trainer.validate if args.command == "validate" else trainer.test
     results = method(run.module, datamodule=run.datamodule, ckpt_path=ckpt, verbose=False)
@@ -215,15 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     launcher_run_dir = os.environ.get(RUN_DIR_ENV)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"visage: config error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # errors with a clear message of their own: no traceback noise
-        if type(err).__name__ in ("NonFiniteLossError", "AllocationError", "ShardIndexError", "ProfileError",
-                                  "SubmitError", "LabelError", "SyntheticSpecError"):
-            print(f"visage: error: {err}", file=sys.stderr)
-            return 1
-        raise
+    except VisageError as err:  # errors with a clear message of their own: no traceback noise
+        kind = "config error" if isinstance(err, ConfigError) else "error"
+        print(f"visage: {kind}: {err}", file=sys.stderr)
+        return err.exit_code
     finally:  # the run directory chosen for this command's ranks must not leak into a later command
         _restore_env(RUN_DIR_ENV, launcher_run_dir)
 

@@ -45,7 +45,7 @@ def add_data_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
-        from datamodules.synthetic import ensure_synthetic_faces  # noqa: PLC0415
+        from datamodules.synthetic_faces import ensure_synthetic_faces  # noqa: PLC0415
 
         spec = {"identities": args.identities, "val_identities": args.val_identities,
                 "per_identity": args.per_identity, "size": args.size, "difficulty": args.difficulty,
@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def inspect_split(split: Path) -> int:
-    from datamodules.reading import BadSampleCounter, decode_sample, read_shard  # noqa: PLC0415
+    from datamodules.bad_samples import BadSampleCounter  # noqa: PLC0415
+    from datamodules.decoding import decode_sample  # noqa: PLC0415
+    from datamodules.shard_stream import read_shard  # noqa: PLC0415
     from datamodules.schema import SampleError  # noqa: PLC0415
     from datamodules.shards import read_index  # noqa: PLC0415
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-# the attribute holding the embedding network in each task's LightningModule
-BACKBONE_PREFIX = {"recognizer": "backbone.", "embedder": "net."}
+from configs.errors import VisageError
+from trainers.tasks import TASKS, load
 
 
-class ExportError(ValueError):
+
+class ExportError(VisageError, ValueError):
     """A checkpoint that holds no backbone to export; the message says why."""
 
 
@@ -29,10 +30,12 @@ def backbone_state_dict(checkpoint: dict, prefix: str | None = None) -> tuple[di
         raise ExportError("not a Lightning checkpoint (no 'state_dict')")
     config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
     if prefix is None:
-        task = config.get("task", "recognizer")
-        if task not in BACKBONE_PREFIX:
-            raise ExportError(f"task {task!r} has no backbone to export; pass --prefix")
-        prefix = BACKBONE_PREFIX[task]
+        name = config.get("task")
+        if name not in TASKS:
+            raise ExportError(f"the checkpoint's task {name!r} is not one of {', '.join(TASKS)}; pass --prefix")
+        prefix = getattr(load(TASKS[name].module), "export_prefix", None)  # the module says which weights export
+        if prefix is None:
+            raise ExportError(f"task {name!r} has no backbone to export; pass --prefix")
     state = {key[len(prefix):]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
     if not state:
         raise ExportError(f"no weights under {prefix!r} in the checkpoint")

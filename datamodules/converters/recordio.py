@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from configs.errors import VisageError
 from datamodules.converters import ConversionReport, verify_image_bytes
 from datamodules.schema import SampleError
 from datamodules.shards import INDEX_NAME, ShardWriter
@@ -38,7 +39,7 @@ IMAGE_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 CFLAG_WHOLE, CFLAG_FIRST, CFLAG_MIDDLE, CFLAG_LAST = 0, 1, 2, 3
 
 
-class RecordIOError(ValueError):
+class RecordIOError(VisageError, ValueError):
     """A record that cannot be read; the message names the file, the record key and its offset."""
 
 

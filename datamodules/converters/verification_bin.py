@@ -8,15 +8,19 @@ scalars, byte strings): a file asking for anything else is refused.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import struct
-import tarfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from configs.errors import VisageError
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.decoding import decode_sample
+from datamodules.pairs import balanced_pairs
+from datamodules.schema import SampleError
+from datamodules.shard_stream import read_shard
 from datamodules.shards import read_index
 
 # (module, name) pairs a verification .bin may reference: numpy arrays/scalars and bytes helpers.
@@ -27,7 +31,7 @@ ALLOWED_PICKLE_GLOBALS = {
 }
 
 
-class VerificationBinError(ValueError):
+class VerificationBinError(VisageError, ValueError):
     """A .bin file that is not a verification set; the message names the file."""
 
 
@@ -90,86 +94,29 @@ def write_verification_bin(path: str | Path, images: Sequence[bytes], is_same: S
 # ---------------------------------------------------------------- pairs from a shard split
 
 def _read_split_samples(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
-    """Image bytes and identity of every sample in a shard split, in shard order."""
+    """Image bytes and identity of every readable sample of a shard split, in shard order; bad
+    samples are skipped and counted (``BadSampleCounter`` warns once per kind, naming the sample)."""
+    counter = BadSampleCounter()
     images, identities = [], []
-    for url in read_index(split_dir).urls:
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")  # webdataset: the key ends at the first dot
-                key = f"{folder}/{stem}" if folder else stem
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for key, fields in samples.items():
-            image = fields.get("jpg", fields.get("png"))
-            annotation = json.loads(fields["json"]) if "json" in fields else {}
-            if image is None or "identity" not in annotation:
-                raise ValueError(f"{url}: sample {key!r} lacks an image or an identity")
-            images.append(image)
-            identities.append(int(annotation["identity"]))
+    for url, expected in read_index(split_dir).shards:
+        for raw in read_shard(url, counter, expected):
+            try:
+                sample = decode_sample(raw, ("identity",))
+            except SampleError as err:
+                counter.add(err.kind, f"{url}: {err}")
+                continue
+            images.append(raw.get("jpg") or raw["png"])
+            identities.append(int(sample.annotation["identity"]))
     return images, identities
 
 
-def _choose_pairs(candidates: list[tuple[int, int]], count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    chosen = rng.choice(len(candidates), size=count, replace=False)
-    return [candidates[i] for i in chosen]
-
-
-def _sample_balanced_pairs(identities: Sequence[int], num_pairs: int,
-                           rng: np.random.Generator) -> list[tuple[int, int, bool]]:
-    """``num_pairs / 2`` same-identity and as many different-identity pairs of sample indices, each
-    pair drawn uniformly among all pairs of its kind without repeats; same and different alternate,
-    so that every contiguous fold of the protocol is balanced."""
+def pair_indices(identities: Sequence[int], num_pairs: int, seed: int = 0) -> list[tuple[int, int, bool]]:
+    """``num_pairs / 2`` same-identity and as many different-identity pairs of sample indices (a
+    .bin holds as many of each), alternating, drawn by the one pair drawer (``datamodules.pairs``)."""
     if num_pairs <= 0 or num_pairs % 2:
         raise ValueError(f"num_pairs must be a positive even number (half same, half different), got {num_pairs}")
-    half = num_pairs // 2
-    by_identity: dict[int, list[int]] = {}
-    for index, identity in enumerate(identities):
-        by_identity.setdefault(identity, []).append(index)
-    sizes = np.array([len(members) for members in by_identity.values()])
-    available_same = int((sizes * (sizes - 1) // 2).sum())
-    available_diff = int((sizes.sum() ** 2 - (sizes ** 2).sum()) // 2)
-    if available_same < half or available_diff < half:
-        raise ValueError(f"the split holds {available_same} same-identity and {available_diff} "
-                         f"different-identity pairs; {half} of each are needed")
-    groups = list(by_identity.values())
-    same_weights = sizes * (sizes - 1) / max(available_same * 2, 1)  # share of the same pairs per identity
-
-    def draw(kind_available: int, enumerate_all, draw_one) -> list[tuple[int, int]]:
-        if kind_available <= 20 * half:  # few candidates: choose among all of them
-            return _choose_pairs(enumerate_all(), half, rng)
-        drawn: dict[tuple[int, int], None] = {}
-        while len(drawn) < half:  # many candidates: rejection sampling of repeats is cheap
-            a, b = draw_one()
-            drawn.setdefault((min(a, b), max(a, b)), None)
-        return list(drawn)
-
-    def all_same():
-        return [(m[i], m[j]) for m in groups for i in range(len(m)) for j in range(i + 1, len(m))]
-
-    def one_same():  # uniform over pairs: an identity weighted by its pair count, then two members
-        members = groups[rng.choice(len(groups), p=same_weights)]
-        a, b = rng.choice(len(members), size=2, replace=False)
-        return members[a], members[b]
-
-    def all_diff():
-        return [(a, b) for a in range(len(identities)) for b in range(a + 1, len(identities))
-                if identities[a] != identities[b]]
-
-    def one_diff():  # uniform over pairs: two samples, rejected when they share an identity
-        while True:
-            a, b = rng.integers(len(identities), size=2)
-            if identities[a] != identities[b]:
-                return int(a), int(b)
-
-    same = draw(available_same, all_same, one_same)
-    different = draw(available_diff, all_diff, one_diff)
-    pairs = []
-    for (sa, sb), (da, db) in zip(same, different):
-        pairs += [(sa, sb, True), (da, db, False)]
-    return pairs
+    idx_a, idx_b, is_same = balanced_pairs(identities, num_pairs, seed)
+    return [(int(a), int(b), bool(same)) for a, b, same in zip(idx_a, idx_b, is_same)]
 
 
 def verification_pairs_from_split(split_dir: str | Path, num_pairs: int, seed: int = 0,
@@ -179,7 +126,7 @@ def verification_pairs_from_split(split_dir: str | Path, num_pairs: int, seed: i
     Returns ``(images, is_same)`` in the ``.bin`` layout and writes them to ``out_path`` when given.
     """
     images, identities = _read_split_samples(split_dir)
-    pairs = _sample_balanced_pairs(identities, num_pairs, np.random.default_rng(seed))
+    pairs = pair_indices(identities, num_pairs, seed)
     pair_images = [images[index] for a, b, _ in pairs for index in (a, b)]
     is_same = np.array([same for _, _, same in pairs], dtype=bool)
     if out_path is not None:

@@ -11,7 +11,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from datamodules.synth.geometry import FaceGeometry, Pose, ShapeTemplate, project
+from datamodules.synth.geometry import FaceGeometry, ShapeTemplate
+from datamodules.synth.head import Pose, project
 from datamodules.synth.hair import add_ears, add_facial_hair, add_folds, add_hair, add_hair_back, add_skin_marks
 from datamodules.synth.identity import ATTRIBUTE_INDEX, NEUTRAL, Expression, IdentityParams
 from datamodules.synth.wear import add_body, add_earrings, add_glasses, add_hat

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from datamodules.synth.geometry import POUT_OUT, U_OUT, FaceGeometry, ellipse
+from datamodules.synth.geometry import POUT_OUT, U_OUT, FaceGeometry
+from datamodules.synth.head import ellipse
 
 # (amplitude, spatial frequency) of the hair outline for each texture
 WAVES = {"straight": (0.004, 5.0), "wavy": (0.02, 11.0), "other": (0.012, 26.0)}

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from datamodules.synth.geometry import FaceGeometry, ellipse, unit_circle
+from datamodules.synth.geometry import FaceGeometry
+from datamodules.synth.head import ellipse, unit_circle
 
 HAT_PSI = np.linspace(math.pi, 0.0, 21)
 

@@ -30,13 +30,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-MarginKind = Literal["arcface", "cosface", "sphereface", "combined"]
+from modules.losses.kinds import margins
 
-_DEFAULT_MARGINS = {  # (m1, m2, m3) when the caller gives none
-    "arcface": (1.0, 0.5, 0.0),
-    "cosface": (1.0, 0.0, 0.35),
-    "combined": (1.0, 0.3, 0.2),
-}
+MarginKind = Literal["arcface", "cosface", "sphereface", "combined"]
 
 
 def additive_margin_cosine(cosine: torch.Tensor, m1: float, m2: float, m3: float,
@@ -97,30 +93,17 @@ class MarginHead(nn.Module):
                  eps: float = 1e-7, sphere_m: int = 4, lambda_base: float = 1000.0,
                  lambda_gamma: float = 0.12, lambda_power: float = 1.0, lambda_min: float = 5.0):
         super().__init__()
-        if kind not in ("arcface", "cosface", "sphereface", "combined"):
-            raise ValueError(f"unknown margin kind {kind!r}")
+        chosen = margins(kind, m1, m2, m3, straight_through, sphere_m)  # the kinds' rules and defaults
         self.kind, self.s, self.eps = kind, float(s), float(eps)
         self.straight_through = bool(straight_through)
-        if kind == "sphereface":
-            if m1 is not None or m2 is not None or m3 is not None:
-                raise ValueError("sphereface takes sphere_m, not m1/m2/m3")
-            if straight_through:
-                raise ValueError("straight_through applies to the additive margins only")
-            if int(sphere_m) != sphere_m or sphere_m < 1:
-                raise ValueError(f"sphere_m must be a positive integer, got {sphere_m}")
+        if chosen is None:  # sphereface
             self.sphere_m = int(sphere_m)
             self.lambda_base, self.lambda_gamma = float(lambda_base), float(lambda_gamma)
             self.lambda_power, self.lambda_min = float(lambda_power), float(lambda_min)
             self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
             self.m1 = self.m2 = self.m3 = None
             return
-        default = _DEFAULT_MARGINS[kind]
-        self.m1, self.m2, self.m3 = (default[i] if given is None else float(given)
-                                     for i, given in enumerate((m1, m2, m3)))
-        if kind == "arcface" and (self.m1 != 1.0 or self.m3 != 0.0):
-            raise ValueError("arcface uses m2 only; use kind='combined' for m1 or m3")
-        if kind == "cosface" and (self.m1 != 1.0 or self.m2 != 0.0):
-            raise ValueError("cosface uses m3 only; use kind='combined' for m1 or m2")
+        self.m1, self.m2, self.m3 = chosen
 
     def sphereface_lambda(self) -> float:
         """The current softmax / A-softmax mixing weight (SphereFace only)."""

@@ -58,6 +58,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from configs.errors import VisageError
 from modules.distributed import all_gather_no_grad, all_gather_sum_grad, is_distributed, rank_and_world
 
 
@@ -68,7 +69,7 @@ def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return start, start + base + int(rank < extra)
 
 
-class LabelError(ValueError):
+class LabelError(VisageError, ValueError):
     """Invalid labels; ``positions`` are the offending positions in this rank's batch."""
 
     def __init__(self, message: str, positions: list[int]):

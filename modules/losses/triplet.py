@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-MINING_STRATEGIES = ("batch_hard", "batch_all", "semi_hard")
+from modules.losses.kinds import MINING_STRATEGIES, check_triplet
 
 
 @dataclass
@@ -227,19 +227,14 @@ class TripletLoss(torch.nn.Module):
     """Config-friendly triplet loss: ``TripletLoss(mining, margin, squared)(embeddings, labels)``.
 
     ``mining``: "batch_hard" | "batch_all" | "semi_hard"; ``margin``: a float for the hinge, ``None``
-    for the soft margin (not allowed with "semi_hard"); ``squared``: squared Euclidean distances.
+    for the soft margin (batch hard only, ``kinds.check_triplet``); ``squared``: squared Euclidean distances.
     ``forward`` returns the loss and keeps the mining statistics of that call in ``last_stats``.
     """
 
     def __init__(self, mining: str = "batch_hard", margin: float | None = None,
                  squared: bool = False, eps: float = 1e-12) -> None:
         super().__init__()
-        if mining not in MINING_STRATEGIES:
-            raise ValueError(f"unknown triplet mining {mining!r}; expected one of {MINING_STRATEGIES}")
-        if mining == "semi_hard" and (margin is None or margin <= 0):
-            raise ValueError(f"semi-hard mining needs a positive margin, got {margin!r}")
-        if margin is not None and margin < 0:
-            raise ValueError(f"margin must be >= 0 or None (soft margin), got {margin}")
+        check_triplet(mining, margin)
         self.mining = mining
         self.margin = margin
         self.squared = squared

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+
 DEFAULT_THRESHOLDS = np.arange(0.0, 4.0, 0.01)
 
 
@@ -22,90 +23,6 @@ def _as_numpy(array, dtype=None) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     return np.asarray(array, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# pairs
-# ---------------------------------------------------------------------------------------------
-
-def _draw_unique_pairs(rng: np.random.Generator, draw_one, count: int, available: int,
-                       enumerate_all) -> list[tuple[int, int]]:
-    """``count`` distinct unordered pairs: rejection sampling while the pool is large, otherwise a
-    choice without replacement from the enumerated pool (rejection would stall near exhaustion)."""
-    if count > available:
-        raise ValueError(f"asked for {count} distinct pairs but only {available} exist")
-    if count == 0:
-        return []
-    if 2 * count > available:
-        pool = enumerate_all()
-        chosen = rng.choice(len(pool), size=count, replace=False)
-        return [pool[i] for i in chosen]
-    seen: set[tuple[int, int]] = set()
-    pairs: list[tuple[int, int]] = []
-    while len(pairs) < count:
-        pair = draw_one()
-        if pair is not None and pair not in seen:
-            seen.add(pair)
-            pairs.append(pair)
-    return pairs
-
-
-def make_verification_pairs(labels, num_pairs: int, seed: int = 0
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Balanced, distinct same/different pairs drawn deterministically from labelled samples.
-
-    ``labels[i]`` is the identity of sample i; samples with a negative label are ignored. Positive
-    pairs join two different images of an identity that has at least two (identity drawn uniformly,
-    then two of its images); negative pairs join two images of different identities (drawn
-    uniformly). No pair repeats and no image is paired with itself; each pair is (smaller index,
-    larger index). There are ceil(num_pairs / 2) positives and floor(num_pairs / 2) negatives,
-    interleaved positive-first, so every contiguous fold of the 10-fold protocol is balanced.
-    Returns ``(idx_a, idx_b, is_same)``: int64, int64, bool arrays of length ``num_pairs``.
-    Raises ValueError when there are not enough distinct pairs of a kind.
-    """
-    labels = _as_numpy(labels).astype(np.int64).ravel()
-    rng = np.random.default_rng(seed)
-    usable = np.flatnonzero(labels >= 0)
-    identities, inverse, counts = np.unique(labels[usable], return_inverse=True, return_counts=True)
-    members = [usable[inverse == k] for k in range(len(identities))]
-    repeated = [m for m in members if len(m) >= 2]
-
-    num_pos = (num_pairs + 1) // 2
-    num_neg = num_pairs // 2
-    pos_available = int(sum(len(m) * (len(m) - 1) // 2 for m in repeated))
-    neg_available = len(usable) * (len(usable) - 1) // 2 - int(np.sum(counts * (counts - 1) // 2))
-
-    def draw_positive():
-        group = repeated[rng.integers(len(repeated))]
-        a, b = rng.choice(len(group), size=2, replace=False)
-        a, b = int(group[a]), int(group[b])
-        return (min(a, b), max(a, b))
-
-    def all_positives():
-        return [(int(g[i]), int(g[j])) for g in repeated
-                for i in range(len(g)) for j in range(i + 1, len(g))]
-
-    def draw_negative():
-        a, b = (int(usable[i]) for i in rng.choice(len(usable), size=2, replace=False))
-        if labels[a] == labels[b]:
-            return None
-        return (min(a, b), max(a, b))
-
-    def all_negatives():
-        return [(int(usable[i]), int(usable[j])) for i in range(len(usable))
-                for j in range(i + 1, len(usable)) if labels[usable[i]] != labels[usable[j]]]
-
-    positives = _draw_unique_pairs(rng, draw_positive, num_pos, pos_available, all_positives)
-    negatives = _draw_unique_pairs(rng, draw_negative, num_neg, neg_available, all_negatives)
-
-    pairs = np.empty((num_pairs, 2), dtype=np.int64)
-    is_same = np.zeros(num_pairs, dtype=bool)
-    if num_pos:
-        pairs[0::2] = positives
-        is_same[0::2] = True
-    if num_neg:
-        pairs[1::2] = negatives
-    return pairs[:, 0].copy(), pairs[:, 1].copy(), is_same
 
 
 # ---------------------------------------------------------------------------------------------

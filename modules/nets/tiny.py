@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modules.nets.backbones import TINY, check_backbone
+
 
 def conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -31,8 +33,7 @@ class TinyNet(nn.Module):
 
     def __init__(self, image_size: int = 64, width: int = 32, embedding_size: int = 128):
         super().__init__()
-        if image_size % 16:
-            raise ValueError(f"TinyNet needs an image size divisible by 16, got {image_size}")
+        check_backbone(TINY, image_size)
         self.stem = conv_bn_relu(3, width, 2)
         self.stages = nn.Sequential(TinyStage(width, 2 * width), TinyStage(2 * width, 4 * width),
                                     TinyStage(4 * width, 8 * width))

@@ -1,16 +1,45 @@
-"""Batchers that turn a rank's sample stream into batches.
+"""Batchers: they turn a rank's stream of samples into batches.
 
-``PKBatcher`` implements the P x K identity sampling of Hermans et al. 2017 over a stream: samples
-wait in a pool grouped by identity; a batch takes P distinct identities and K images of each (with
-replacement for identities that have fewer than K images in the pool). Because identity-grouped
-shards are split across ranks, different ranks draw different identities.
+The protocol: ``batcher(samples, rng, batches)`` yields ``batches`` batches (None: as many as the
+samples make), reading as few samples past the last batch as it can. Batchers run where the stream
+runs, inside loader workers; a batcher whose state changes during training (e.g. LMLE's clusters,
+recomputed from the current embeddings) must run in the main process instead, where the module can
+update it: see ARCHITECTURE.md, "batchers in the main process".
+
+- ``PlainBatcher``: consecutive samples of the shuffled stream.
+- ``PKBatcher``: the P x K identity sampling of Hermans et al. 2017 over a stream: samples wait in a
+  pool grouped by identity; a batch takes P distinct identities and K images of each (with
+  replacement for identities that have fewer than K images in the pool). Because identity-grouped
+  shards are split across ranks, different ranks draw different identities.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Iterator
 
-from datamodules.reading import collate
+from datamodules.collate import collate
+from datamodules.face_config import check_pk
+
+
+class PlainBatcher:
+    """Consecutive samples of the (shuffled) stream, ``batch_size`` at a time.
+
+    It reads no sample past the last batch.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, samples: Iterator[dict], rng: random.Random, batches: int | None = None) -> Iterator[dict]:
+        if batches is not None:
+            samples = itertools.islice(samples, batches * self.batch_size)
+        batch = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
 
 
 class PKBatcher:
@@ -19,8 +48,7 @@ class PKBatcher:
     remaining batches need) rather than leave a full pool of decoded samples unused."""
 
     def __init__(self, p: int, k: int, pool_size: int = 2048, min_images: int = 2):
-        if p < 2 or k < 1:
-            raise ValueError(f"P x K sampling needs P >= 2 identities and K >= 1 images, got P={p}, K={k}")
+        check_pk(p, k)
         self.p, self.k, self.min_images = p, k, min_images
         self.pool_size = max(pool_size, 2 * p * k)
 
