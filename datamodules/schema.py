@@ -37,6 +37,7 @@ Detector training crops (MTCNN stages): the image is the crop, resized to the st
   crop_landmarks  [[u, v] * 5] the face's 5 points as fractions of the crop window
                   (codecs/box_offsets.encode_landmarks); required for landmark crops, null where
                   a crop has none
+  scene           str, the key of the scene the crop was cut from
 """
 from __future__ import annotations
 
@@ -153,6 +154,8 @@ def validate_annotation(ann: Any, required: tuple[str, ...] = (), only: tuple[st
             raise SampleError("bad_shape", f"field {name!r}: expected a positive integer")
     _check_scene_faces(ann, full=only is None)
     _check_crop(ann, full=only is None)
+    if "scene" in ann and not isinstance(ann["scene"], str):
+        raise SampleError("bad_shape", f"field 'scene': expected a sample key, got {ann['scene']!r}")
     return ann
 
 
