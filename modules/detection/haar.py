@@ -37,7 +37,7 @@ from configs.errors import VisageError
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
 CASCADE_ENV = "VISAGE_HAAR_CASCADE"
 GROUP_EPS = 0.2  # OpenCV's grouping tolerance
-DENSE_STAGES = 2  # stages evaluated over the whole window grid (the first ones keep most windows)
+DENSE_SHARE = 0.25  # above this share of windows still in, a stage is evaluated over the whole grid
 
 
 class HaarCascadeMissing(VisageError, FileNotFoundError):
@@ -131,21 +131,21 @@ def _rect_sums(integral: np.ndarray, origins: np.ndarray, offsets: np.ndarray) -
     return corners[..., 0] - corners[..., 1] - corners[..., 2] + corners[..., 3]
 
 
-def _dense_rect_sums(integral: np.ndarray, rects: np.ndarray, rows: int, cols: int, step: int) -> np.ndarray:
-    """(..., rows * cols) sums of each rectangle (x y w h, ... leading shape) in every window of the
-    grid (window origins every ``step`` pixels), by strided slices of the 2-D integral image: far
-    faster than gathering when every window is still alive."""
-    out = np.empty(rects.shape[:-1] + (rows * cols,))
-    flat = rects.reshape(-1, 4)
-    view = out.reshape(-1, rows * cols)
+def _dense_feature_values(integral: np.ndarray, cascade: "HaarCascade", features: np.ndarray, rows: int, cols: int,
+                          step: int) -> np.ndarray:
+    """(K, rows * cols) weighted rectangle sums of ``features`` in every window of the grid (window
+    origins every ``step`` pixels), by strided slices of the 2-D integral image: far cheaper than
+    gathering corners while most windows are still in."""
     span_y, span_x = (rows - 1) * step + 1, (cols - 1) * step + 1
 
     def corner(y, x):
         return integral[y:y + span_y:step, x:x + span_x:step]
 
-    for i, (x, y, w, h) in enumerate(flat):
-        view[i] = (corner(y, x) - corner(y, x + w) - corner(y + h, x) + corner(y + h, x + w)).ravel()
-    return out
+    out = np.zeros((len(features), rows, cols))
+    for k, f in enumerate(features):
+        for (x, y, w, h), weight in zip(cascade.rects[f][:cascade.rect_counts[f]], cascade.weights[f]):
+            out[k] += weight * (corner(y, x) - corner(y, x + w) - corner(y + h, x) + corner(y + h, x + w))
+    return out.reshape(len(features), -1)
 
 
 def cascade_windows(cascade: HaarCascade, grey: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,30 +168,28 @@ def cascade_windows(cascade: HaarCascade, grey: np.ndarray, step: int) -> tuple[
     sums, sq = _rect_sums(total, origins, inner_offsets), _rect_sums(squares, origins, inner_offsets)
     nf = area * sq - sums * sums
     norm = np.where(nf > 0, np.sqrt(np.maximum(nf, 0)), 1.0)
-    offsets = _corner_offsets(cascade.rects, stride)  # (F, R, 4)
+    offsets = _corner_offsets(cascade.rects, stride)  # (F, 3, 4)
     stage_sum = np.zeros(len(origins))
     alive = np.arange(len(origins))  # positions in the full grid of the windows still in
-    for stage, (threshold, (start, stop)) in enumerate(zip(cascade.stage_thresholds, cascade.stage_slices)):
-        if not len(origins):
+    for threshold, (start, stop) in zip(cascade.stage_thresholds, cascade.stage_slices):
+        if not len(alive):
             break
         features = cascade.stump_features[start:stop]
-        if stage < DENSE_STAGES:  # most windows are still in: sum over the whole grid by slicing
-            sums = _dense_rect_sums(total2d, cascade.rects[features], grid[0], grid[1], step)[..., alive]
-            sums = np.moveaxis(sums, -1, 0)
-            values = np.einsum("nkr,kr->nk", sums, cascade.weights[features])
-        else:  # gather the corners of the survivors, leaving out the third rectangle where it is unused
-            values = np.empty((len(origins), len(features)))
-            for used, columns in ((2, cascade.rect_counts[features] == 2), (3, cascade.rect_counts[features] == 3)):
+        if len(alive) > DENSE_SHARE * len(origins):  # most windows still in: every window by slicing
+            values = _dense_feature_values(total2d, cascade, features, grid[0], grid[1], step)[:, alive]
+        else:  # gather the survivors' corners, leaving out the third rectangle where it is unused
+            values = np.empty((len(features), len(alive)))
+            for used in (2, 3):
+                columns = cascade.rect_counts[features] == used
                 chosen = features[columns]
-                values[:, columns] = np.einsum("nkr,kr->nk", _rect_sums(total, origins, offsets[chosen][:, :used]),
-                                               cascade.weights[chosen][:, :used])
-        below = values < cascade.stump_thresholds[start:stop][None, :] * norm[:, None]
-        leaves = cascade.stump_leaves[start:stop]
-        stage_sum = np.where(below, leaves[None, :, 0], leaves[None, :, 1]).sum(axis=1)
+                values[columns] = np.einsum("nkr,kr->kn", _rect_sums(total, origins[alive], offsets[chosen][:, :used]),
+                                            cascade.weights[chosen][:, :used])
+        below = values < cascade.stump_thresholds[start:stop][:, None] * norm[alive][None, :]
+        left, right = cascade.stump_leaves[start:stop, 0], cascade.stump_leaves[start:stop, 1]
+        stage_sum = right.sum() + (left - right) @ below  # each stump adds left when below, else right
         keep = stage_sum >= threshold
-        origins, norm, stage_sum, xs, ys = origins[keep], norm[keep], stage_sum[keep], xs[keep], ys[keep]
-        alive = alive[keep]
-    return np.stack([xs, ys], axis=1), stage_sum
+        alive, stage_sum = alive[keep], stage_sum[keep]
+    return np.stack([xs[alive], ys[alive]], axis=1), stage_sum
 
 
 def _similar(a: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
