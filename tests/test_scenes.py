@@ -85,6 +85,10 @@ def test_written_scenes_read_back(tmp_path):
         assert sample.annotation["boxes"] == ann["boxes"] and sample.annotation["face_flags"] == ann["face_flags"]
         assert np.array_equal(sample.image, decode_rgb(encode_image(image, "jpg", 95)))
     assert not counter.counts
+    # two worker processes write the same split, byte for byte
+    write_scene_split(tmp_path / "two", "val", 5, seed=2, workers=2, shard_size=2, progress=False, **SMALL)
+    for (url, _), (other, _) in zip(index.shards, read_index(tmp_path / "two" / "val").shards):
+        assert open(url, "rb").read() == open(other, "rb").read()
 
 
 # --- annotations match the pixels --------------------------------------------------------------------------
