@@ -3,6 +3,8 @@
     recordio.py           insightface MXNet RecordIO (train.rec + train.idx), read without mxnet
     verification_bin.py   insightface verification pairs (lfw.bin, cfp_fp.bin, agedb_30.bin)
     folders.py            one folder per identity (root/<name>/*.jpg)
+    wider_face.py         WIDER FACE annotation text + images (+ the evaluation's .mat files) -> scenes
+    celeba_landmarks.py   CelebA 5-point landmarks (+ boxes, partition) -> face crops
 
 Converters never stop at a bad sample: they skip it, count it by kind in a ``ConversionReport``,
 warn once with the counts, and save the report as ``conversion.json`` beside the split's index.
