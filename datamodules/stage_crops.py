@@ -26,7 +26,9 @@ from tqdm import tqdm
 
 from datamodules.codecs.crop_kinds import KIND_NAMES
 from datamodules.detection_crops import sample_crops
-from datamodules.reading import BadSampleCounter, decode_sample, read_shard
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.decoding import decode_sample
+from datamodules.shard_stream import read_shard
 from datamodules.schema import FLAG_INDEX, IGNORED, SCHEMA_VERSION, SampleError
 from datamodules.shards import INDEX_NAME, SHARD_PATTERN, ShardWriter, read_index
 

@@ -12,7 +12,9 @@ from datamodules.converters.celeba_landmarks import (
     CelebAFormatError, box_from_landmarks, convert_celeba_landmarks, read_celeba_list,
 )
 from datamodules.layouts import FIVE, derive_landmarks
-from datamodules.reading import BadSampleCounter, decode_sample, read_shard
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.decoding import decode_sample
+from datamodules.shard_stream import read_shard
 from datamodules.shards import read_index
 from datamodules.synth.draw import draw_face
 from datamodules.synth.identity import NEUTRAL, sample_identity

@@ -15,7 +15,9 @@ from datamodules.converters.wider_face import (
     WiderFormatError, convert_wider_face, read_wider_annotations, read_wider_ground_truth, wider_key,
 )
 from datamodules.face_settings import face_setting
-from datamodules.reading import BadSampleCounter, decode_sample, read_shard
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.decoding import decode_sample
+from datamodules.shard_stream import read_shard
 from datamodules.shards import read_index
 
 # (event, file, [(x, y, w, h, blur, expression, illumination, invalid, occlusion, pose), ...])

@@ -10,7 +10,9 @@ import pytest
 
 from datamodules.codecs.crop_kinds import LANDMARK, NEGATIVE, PART, POSITIVE
 from datamodules.detection_crops import crops_from_windows, cut_windows, default_counts, sample_crops
-from datamodules.reading import BadSampleCounter, decode_sample, read_shard
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.decoding import decode_sample
+from datamodules.shard_stream import read_shard
 from datamodules.schema import FLAG_INDEX
 from datamodules.shards import read_index
 from datamodules import stage_crops

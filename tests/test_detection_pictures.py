@@ -38,7 +38,8 @@ def test_boxes_in_their_colours_on_their_edges():
     top = _is(picture[120, 22:78], IGNORED_GREY)                  # ignored face: dashes, not a line
     assert 0.3 < top.mean() < 0.7
     assert not _is(picture, FOUND_COLOUR)[100:, :100].any()        # the ignored face is not green
-    assert _is(picture[100:120, 120:170], DETECTION_COLOUR).any()  # the second detection's score, above it
+    # the second detection's score, above it (anti-aliased text: its inked pixels come within a few levels)
+    assert _is(picture[100:120, 120:170], DETECTION_COLOUR, tolerance=12).any()
     assert _is(picture[140:160, 169], DETECTION_COLOUR).all()
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from datamodules.face_settings import face_setting
-from datamodules.reading import BadSampleCounter, decode_rgb, decode_sample, read_shard
+from datamodules.bad_samples import BadSampleCounter
+from datamodules.decoding import decode_rgb, decode_sample
+from datamodules.shard_stream import read_shard
 from datamodules.schema import FLAG_INDEX, IGNORED, SampleError, validate_annotation
 from datamodules.shards import encode_image, read_index
 from datamodules.synth.scenes import (
