@@ -420,9 +420,11 @@ def _render_block(args: tuple) -> list[tuple[str, bytes, dict]]:
 
 
 def write_scene_split(root: str | Path, split: str, count: int, seed: int = 0, first_index: int = 0,
-                      workers: int | None = None, shard_size: int = 500, progress: bool = True, **spec) -> Path:
+                      workers: int | None = None, shard_size: int = 500, progress: bool = True, bar=None,
+                      **spec) -> Path:
     """Render scenes first_index .. first_index + count - 1 into shards ``root/split`` (in
-    ``workers`` processes, blocks of 16 scenes, written in index order). Returns the index path."""
+    ``workers`` processes, blocks of 16 scenes, written in index order). Returns the index path.
+    ``bar``: a tqdm bar to advance instead of one of its own."""
     from tqdm import tqdm  # noqa: PLC0415
 
     from datamodules.shards import INDEX_NAME, ShardWriter  # noqa: PLC0415
@@ -431,7 +433,9 @@ def write_scene_split(root: str | Path, split: str, count: int, seed: int = 0, f
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     block = 16
     jobs = [(first_index + start, min(block, count - start), seed, spec) for start in range(0, count, block)]
-    bar = tqdm(total=count, desc=f"rendering scenes into {Path(root) / split}", unit="scene", disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=count, desc=f"rendering scenes into {Path(root) / split}", unit="scene", disable=not progress)
     with ShardWriter(root, split, max_samples=shard_size) as writer:
         if workers == 1:
             results = map(_render_block, jobs)
@@ -446,5 +450,6 @@ def write_scene_split(root: str | Path, split: str, count: int, seed: int = 0, f
         finally:
             if workers != 1:
                 pool.shutdown(cancel_futures=True)
-    bar.close()
+    if own_bar:
+        bar.close()
     return Path(root) / split / INDEX_NAME
