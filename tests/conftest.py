@@ -58,3 +58,29 @@ def identity_dataset(tmp_path) -> Path:
     write_identity_split(root, "train", range(0, 24), 6)
     write_identity_split(root, "val", range(100, 110), 5)
     return root
+
+
+@pytest.fixture(scope="session")
+def facenet_cache(request) -> Path:
+    """Where facenet-pytorch's wheel is downloaded and unzipped once (pytest's cache folder)."""
+    return Path(request.config.cache.mkdir("facenet-pytorch-2.6.0"))
+
+
+@pytest.fixture(scope="session")
+def mtcnn_weights(facenet_cache) -> Path:
+    """The folder holding facenet-pytorch's real pretrained pnet.pt, rnet.pt, onet.pt (skips the test when
+    the wheel cannot be downloaded)."""
+    from tests.facenet_wheel import WheelUnavailable, weights_dir
+
+    try:
+        return weights_dir(facenet_cache)
+    except (WheelUnavailable, OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"facenet-pytorch's pretrained MTCNN weights unavailable (pip download failed): {err}")
+
+
+@pytest.fixture(scope="session")
+def facenet_reference(mtcnn_weights, facenet_cache):
+    """facenet-pytorch's own MTCNN, loaded from its wheel (never installed; torchvision stubbed)."""
+    from tests.facenet_wheel import facenet_detector
+
+    return facenet_detector("cpu", facenet_cache)
