@@ -84,3 +84,15 @@ def facenet_reference(mtcnn_weights, facenet_cache):
     from tests.facenet_wheel import facenet_detector
 
     return facenet_detector("cpu", facenet_cache)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (on a shared 2-core machine, two threads of small convolutions
+    run several times slower than one), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
