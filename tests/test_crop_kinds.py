@@ -22,4 +22,4 @@ def test_mix_is_3_1_1_2_and_counts_sum_to_the_batch():
     assert mix_counts(64) == {NEGATIVE: 28, POSITIVE: 9, PART: 9, LANDMARK: 18}
     # 10: floors 4, 1, 1, 2 (8), remainder 2 -> NEGATIVE, POSITIVE
     assert mix_counts(10) == {NEGATIVE: 5, POSITIVE: 2, PART: 1, LANDMARK: 2}
-    assert all(sum(mix_counts(n).values()) == n for n in range(0, 200))
+    assert all(sum(mix_counts(n).values()) == n for n in range(200))

@@ -131,10 +131,13 @@ def test_cuda_gives_the_cpu_faces(mtcnn_weights):
     expected = cpu.detect(images)
     gpu = MTCNNDetector(*(nets[s].cuda() for s in ("pnet", "rnet", "onet")))
     found = gpu.detect(images)
-    for a, b in zip(expected, found):
+    for a, b in zip(expected, found):  # TF32 convolutions on the GPU: near, not equal
         assert b["boxes"].device.type == "cuda" and len(a["boxes"]) == len(b["boxes"])
-        assert torch.allclose(a["boxes"], b["boxes"].cpu(), atol=0.5)
-        assert torch.allclose(a["landmarks"], b["landmarks"].cpu(), atol=0.5)
+        ious, pairs = matched_ious(a["boxes"], b["boxes"].cpu())
+        assert min(ious) > 0.95
+        for i, j in pairs:
+            assert (a["landmarks"][i] - b["landmarks"][j].cpu()).norm(dim=1).max() < 2.0
+            assert abs(a["scores"][i] - b["scores"][j].cpu()) < 0.01
 
 
 class ConstantNet(torch.nn.Module):
