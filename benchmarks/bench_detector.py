@@ -61,9 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def timed_passes(run_pass, repeats: int, sync=lambda: None) -> list[float]:
+def timed_passes(run_pass, repeats: int, sync=lambda: None, after_warmup=lambda: None) -> list[float]:
     run_pass()
     sync()
+    after_warmup()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -86,9 +87,8 @@ def visage_rows(detector: MTCNNDetector, images, repeats: int, label: str, sync)
         found.clear()
         found.extend(detector.detect([image], profile=profile)[0]["boxes"].shape[0] for image in images)
 
-    times = timed_passes(one_by_one, repeats, sync)
-    passes = repeats + 1
-    split = " / ".join(f"{1000 * profile[s] / passes / len(images):.0f}" for s in ("pnet", "rnet", "onet"))
+    times = timed_passes(one_by_one, repeats, sync, after_warmup=profile.clear)
+    split = " / ".join(f"{1000 * profile[s] / repeats / len(images):.0f}" for s in ("pnet", "rnet", "onet"))
     rows = [row(f"visage MTCNN {label}", times, len(images), sum(found), f"P/R/O ms {split}")]
     batch_found = []
 
