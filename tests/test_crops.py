@@ -35,9 +35,26 @@ def test_fractional_windows_equal_the_mean_over_their_exact_area():
         assert torch.allclose(crop, reference, atol=1e-3)
 
 
+def test_uint8_images_give_the_float_crops():
+    """uint8 images get int32 tables: the same crops as their float copies (float64 tables)."""
+    generator = torch.Generator().manual_seed(2)
+    images = [torch.randint(0, 256, (3, 37, 45), generator=generator, dtype=torch.uint8),
+              torch.randint(0, 256, (3, 20, 64), generator=generator, dtype=torch.uint8)]
+    windows = torch.rand(50, 2, generator=generator) * 60 - 10
+    windows = torch.cat([windows, windows + 1 + torch.rand(50, 2, generator=generator) * 30], dim=1)
+    image_index = torch.randint(0, 2, (50,), generator=generator)
+    from_uint8 = IntegralImages(images).crop(windows, image_index, 24)
+    assert IntegralImages(images).flat.dtype == torch.int32
+    from_float = IntegralImages([image.float() for image in images]).crop(windows, image_index, 24)
+    assert torch.allclose(from_uint8, from_float, atol=1e-3)
+
+
 def test_no_windows_and_large_values_stay_exact():
     image = torch.full((3, 600, 800), 255.0)
     integral = IntegralImages([image])
     assert integral.crop(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 24).shape == (0, 3, 24, 24)
     crop = integral.crop(torch.tensor([[700.0, 500.0, 800.0, 600.0]]), torch.zeros(1, dtype=torch.long), 24)
     assert torch.equal(crop, torch.full((1, 3, 24, 24), 255.0))  # float64 tables: no rounding at 1.2e8
+    as_uint8 = IntegralImages([image.to(torch.uint8)])
+    assert as_uint8.flat.dtype == torch.int32 and torch.equal(as_uint8.crop(
+        torch.tensor([[700.0, 500.0, 800.0, 600.0]]), torch.zeros(1, dtype=torch.long), 24), crop)

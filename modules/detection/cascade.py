@@ -65,12 +65,13 @@ class Windows:
 
 
 def as_image_list(images, device: torch.device) -> list[torch.Tensor]:
-    """H x W x 3 uint8 RGB arrays (a list, or one array), or an N x 3 x H x W tensor (uint8 or float in
-    0..255) -> a list of float32 ``(3, H, W)`` tensors on ``device``."""
+    """H x W x 3 RGB arrays (a list, or one array), or an N x 3 x H x W tensor, with values 0..255 -> a list
+    of ``(3, H, W)`` tensors on ``device``: uint8 stays uint8 (exact integral images), anything else float32."""
     if isinstance(images, torch.Tensor):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ImageFormatError(f"image tensor must be N x 3 x H x W, got {tuple(images.shape)}")
-        return list(images.to(device).float())
+        images = images.to(device)
+        return list(images if images.dtype == torch.uint8 else images.float())
     if isinstance(images, np.ndarray):
         images = [images]
     converted = []
@@ -78,7 +79,8 @@ def as_image_list(images, device: torch.device) -> list[torch.Tensor]:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ImageFormatError(f"image {k} must be H x W x 3 RGB, got shape {image.shape}")
-        converted.append(torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float())
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)
+        converted.append(tensor if tensor.dtype == torch.uint8 else tensor.float())
     return converted
 
 
