@@ -95,7 +95,9 @@ class MTCNNDetector:
     classify (for mining its training crops)."""
 
     def __init__(self, pnet: nn.Module, rnet: nn.Module, onet: nn.Module, config: CascadeConfig | None = None):
-        self.pnet, self.rnet, self.onet = pnet.eval(), rnet.eval(), onet.eval()
+        # used as given: the nets have no layer that acts differently in training mode (no batch norm, no
+        # dropout), so a LightningModule's nets can be used mid-training without switching their mode
+        self.pnet, self.rnet, self.onet = pnet, rnet, onet
         self.config = config or CascadeConfig()
 
     @property
