@@ -62,8 +62,12 @@ def identity_dataset(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def facenet_cache(request) -> Path:
-    """Where facenet-pytorch's wheel is downloaded and unzipped once (pytest's cache folder)."""
-    return Path(request.config.cache.mkdir("facenet-pytorch-2.6.0"))
+    """Where facenet-pytorch's wheel is downloaded and unzipped once: pytest's cache folder (without the
+    cache plugin, ``-p no:cacheprovider``, this session's throw-away cache)."""
+    from tests.facenet_wheel import default_cache
+
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("facenet-pytorch-2.6.0")) if cache is not None else default_cache()
 
 
 @pytest.fixture(scope="session")
