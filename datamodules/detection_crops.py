@@ -26,11 +26,10 @@ import numpy as np
 
 from datamodules.codecs.box_offsets import encode_boxes, encode_landmarks
 from datamodules.codecs.crop_kinds import (
-    DEFAULT_MIX, KIND_NAMES, LANDMARK, NEGATIVE, NEGATIVE_IOU, PART, PART_IOU, POSITIVE, POSITIVE_IOU,
+    IGNORED, KIND_NAMES, LANDMARK, MIX_BY_NAME, NEGATIVE, NEGATIVE_BELOW, PART, POSITIVE, kind_from_iou,
 )
 from datamodules.layouts import FIVE
 
-UNUSED = -1  # kind of a window that falls in no band
 ROUNDS = 12  # rounds of candidate windows per kind before giving up on a count
 CANDIDATES = 64  # candidate windows per round
 
@@ -72,8 +71,8 @@ def iou_matrix(windows: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def classify_windows(windows: np.ndarray, boxes: np.ndarray, ignored: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(kinds, best face, best IoU) of windows against the faces: NEGATIVE, PART, POSITIVE or UNUSED
-    (between the bands, or best face ignored with IoU >= NEGATIVE_IOU)."""
+    """(kinds, best face, best IoU) of windows against the faces: NEGATIVE, PART, POSITIVE or IGNORED
+    (between the bands, or best face ignored with IoU >= NEGATIVE_BELOW)."""
     windows = np.asarray(windows, np.float64).reshape(-1, 4)
     kinds = np.full(len(windows), NEGATIVE, dtype=np.int64)
     if not len(boxes):
@@ -81,10 +80,8 @@ def classify_windows(windows: np.ndarray, boxes: np.ndarray, ignored: np.ndarray
     ious = iou_matrix(windows, boxes)
     best = ious.argmax(axis=1)
     best_iou = ious[np.arange(len(windows)), best]
-    kinds[best_iou >= NEGATIVE_IOU] = UNUSED
-    kinds[(best_iou >= PART_IOU[0]) & (best_iou <= PART_IOU[1])] = PART
-    kinds[best_iou > POSITIVE_IOU] = POSITIVE
-    kinds[(best_iou >= NEGATIVE_IOU) & np.asarray(ignored, bool)[best]] = UNUSED
+    kinds = kind_from_iou(best_iou)
+    kinds[(best_iou >= NEGATIVE_BELOW) & np.asarray(ignored, bool)[best]] = IGNORED
     best = np.where(kinds == NEGATIVE, -1, best)
     return kinds, best, best_iou
 
@@ -143,7 +140,7 @@ def _random_windows(rng: np.random.Generator, width: int, height: int, count: in
 def default_counts(usable_faces: int, landmark_faces: int, per_face: int = 2, mix: dict | None = None) -> dict[str, int]:
     """Crops per kind for a scene: ``per_face`` positives per usable face and the other kinds by
     ``mix`` relative to them (a scene without usable faces gets the negatives of one face)."""
-    mix = {**DEFAULT_MIX, **(mix or {})}
+    mix = {**MIX_BY_NAME, **(mix or {})}
     unit = per_face * max(1, usable_faces) / mix["positive"]
     counts = {kind: int(round(mix[kind] * unit)) for kind in KIND_NAMES}
     if usable_faces == 0:
@@ -210,7 +207,7 @@ def sample_crops(image: np.ndarray, boxes, landmarks, invalid_mask, size: int, r
             candidates = _square_around(rng, boxes[faces], scale, shift, per, min_window)
             kinds, best, _ = classify_windows(candidates, boxes, ignored)
             if kind == LANDMARK:  # a positive window whose best face has points
-                kinds = np.where((kinds == POSITIVE) & np.isin(best, with_points), LANDMARK, UNUSED)
+                kinds = np.where((kinds == POSITIVE) & np.isin(best, with_points), LANDMARK, IGNORED)
             # interleave the faces so that a short count spreads over them
             order = np.arange(len(candidates)).reshape(len(faces), per).T.ravel()
             take(kind, candidates[order], kinds[order], need)
@@ -234,7 +231,7 @@ def crops_from_windows(image: np.ndarray, windows, boxes, landmarks, size: int, 
     small = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < min_face
     windows = np.round(np.asarray(windows, np.float64).reshape(-1, 4))
     kinds, _, _ = classify_windows(windows, boxes, ignored | small)
-    keep = np.flatnonzero((kinds != UNUSED) & (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1]))
+    keep = np.flatnonzero((kinds != IGNORED) & (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1]))
     return _assemble(image, windows[keep], kinds[keep], boxes, points, ignored | small, size, keep)
 
 

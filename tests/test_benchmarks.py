@@ -48,3 +48,12 @@ def test_training_overhead_benchmark_runs_both_loops():
     rows = [line.split() for line in out.splitlines() if line.startswith(("raw ", "lightning "))]
     assert [row[0] for row in rows if row[1][0].isdigit()] == ["raw", "lightning"]  # the table's two rows
     assert "lightning / raw (goal <= 1.05)" in out
+
+
+def test_detector_benchmark_runs_against_facenet_pytorch(mtcnn_weights, facenet_cache):
+    out = _run("bench_detector.py", "--images", "1", "--repeats", "1", "--weights", str(mtcnn_weights),
+               "--facenet-cache", str(facenet_cache))
+    rows = [line.split("  ")[0] for line in out.splitlines() if line.startswith(("visage MTCNN", "facenet-pytorch"))]
+    assert rows == ["visage MTCNN CPU 1 thread", "visage MTCNN CPU 1 thread, batch of 1", "facenet-pytorch MTCNN CPU 1 thread"]
+    assert "P/R/O ms" in out and "visage / facenet-pytorch (CPU, 1 thread, one image per call)" in out
+    assert "OpenCV Haar cascade" in out  # a row, or the line saying this OpenCV lacks it
