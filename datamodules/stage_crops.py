@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from datamodules.codecs.crop_kinds import KIND_NAMES
-from datamodules.detection_crops import sample_crops
+from datamodules.detection_crops import Crops, sample_crops
 from datamodules.bad_samples import BadSampleCounter
 from datamodules.decoding import decode_sample
 from datamodules.shard_stream import read_shard
@@ -79,21 +79,30 @@ def crop_chunks(num_scenes: int, chunk_scenes: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_scenes, num_scenes)) for start in range(0, num_scenes, chunk_scenes)]
 
 
-def _chunks_dir(out_root: Path, split: str) -> Path:
+def chunks_dir(out_root: Path, split: str) -> Path:
     return out_root / f".{split}.chunks"
 
 
-def write_crop_chunk(scene_dir: str | Path, chunk_dir: Path, start: int, stop: int, size: int, seed: int,
-                     bar: tqdm | None = None, **sampling) -> dict:
-    """Crops of scenes start .. stop - 1 as the split ``chunk_dir`` (index and crops.json last)."""
+def random_crops(size: int, seed: int, **sampling) -> Callable[[int, object], Crops]:
+    """``crops_of(scene_index, scene)``: a scene's random stage crops (``sample_crops``), from an RNG of
+    (seed, scene index) alone."""
+    def crops_of(scene_index: int, scene) -> Crops:
+        ann = scene.annotation
+        return sample_crops(scene.image, ann["boxes"], ann.get("face_landmarks"), ignored_faces(ann), size,
+                            crop_rng(seed, scene_index), **sampling)
+    return crops_of
+
+
+def write_crop_chunk(scene_dir: str | Path, chunk_dir: Path, start: int, stop: int,
+                     crops_of: Callable[[int, object], Crops], bar: tqdm | None = None) -> dict:
+    """Crops of scenes start .. stop - 1 (``crops_of(scene_index, scene)``) as the split ``chunk_dir``
+    (index and crops.json last: a chunk is done once its index exists)."""
     counter = BadSampleCounter()
     kinds = dict.fromkeys(KIND_NAMES, 0)
     scenes = 0
     with ShardWriter(chunk_dir.parent, chunk_dir.name, image_ext="png") as writer:
         for scene_index, scene in scenes_in_range(scene_dir, start, stop, counter):
-            ann = scene.annotation
-            crops = sample_crops(scene.image, ann["boxes"], ann.get("face_landmarks"), ignored_faces(ann), size,
-                                 crop_rng(seed, scene_index), **sampling)
+            crops = crops_of(scene_index, scene)
             for i in range(len(crops)):
                 writer.write(f"{scene.key}_{i:03d}", crops.images[i], {**crops.annotation(i), "scene": scene.key})
                 kinds[KIND_NAMES[crops.kinds[i]]] += 1
@@ -110,11 +119,11 @@ def merge_crop_chunks(out_root: str | Path, split: str, settings: dict | None = 
     """Move the finished chunks' shards into ``out_root/split`` (renamed in chunk order) and write its
     index and ``crops.json``. Returns the index path."""
     out_root = Path(out_root)
-    chunks_dir = _chunks_dir(out_root, split)
-    chunk_dirs = sorted(p for p in chunks_dir.iterdir() if p.is_dir()) if chunks_dir.is_dir() else []
+    chunk_root = chunks_dir(out_root, split)
+    chunk_dirs = sorted(p for p in chunk_root.iterdir() if p.is_dir()) if chunk_root.is_dir() else []
     unfinished = [p.name for p in chunk_dirs if not (p / INDEX_NAME).is_file()]
     if unfinished or not chunk_dirs:
-        raise FileNotFoundError(f"{chunks_dir}: chunks not finished ({', '.join(unfinished) or 'none written'}); "
+        raise FileNotFoundError(f"{chunk_root}: chunks not finished ({', '.join(unfinished) or 'none written'}); "
                                 "write them first (write_stage_crops)")
     target = out_root / split
     if target.exists():
@@ -140,7 +149,7 @@ def merge_crop_chunks(out_root: str | Path, split: str, settings: dict | None = 
     index = {"schema_version": SCHEMA_VERSION, "split": split, "num_samples": total, "num_identities": 0,
              "fields": sorted(fields), "shards": shards}
     (target / INDEX_NAME).write_text(json.dumps(index, indent=1))
-    shutil.rmtree(chunks_dir)
+    shutil.rmtree(chunk_root)
     return target / INDEX_NAME
 
 
@@ -155,25 +164,26 @@ def write_stage_crops(scene_dir: str | Path, out_root: str | Path, split: str, s
     num_scenes = read_index(scene_dir).num_samples
     ranges = crop_chunks(num_scenes, chunk_scenes)
     todo = range(len(ranges)) if chunks is None else chunks
-    chunks_dir = _chunks_dir(out_root, split)
-    settings_path = chunks_dir / "settings.json"
+    chunk_root = chunks_dir(out_root, split)
+    settings_path = chunk_root / "settings.json"
     settings = {"scene_dir": str(scene_dir), "size": size, "seed": seed, "chunk_scenes": chunk_scenes,
                 "sampling": {k: v for k, v in sorted(sampling.items())}}
-    chunks_dir.mkdir(parents=True, exist_ok=True)
+    chunk_root.mkdir(parents=True, exist_ok=True)
     if settings_path.is_file():
         made = json.loads(settings_path.read_text())
         if made != json.loads(json.dumps(settings)):
-            raise ValueError(f"{chunks_dir} holds chunks made with other settings ({made}); delete it or write "
+            raise ValueError(f"{chunk_root} holds chunks made with other settings ({made}); delete it or write "
                              "elsewhere")
     else:
         settings_path.write_text(json.dumps(settings, indent=1))
-    pending = [k for k in todo if not (chunks_dir / CHUNK_PATTERN.format(k) / INDEX_NAME).is_file()]
+    pending = [k for k in todo if not (chunk_root / CHUNK_PATTERN.format(k) / INDEX_NAME).is_file()]
     total = sum(ranges[k][1] - ranges[k][0] for k in pending)
     with tqdm(total=total, desc=f"{size}x{size} crops from {scene_dir}", unit="scene", disable=not progress) as bar:
         for k in pending:
             start, stop = ranges[k]
-            write_crop_chunk(scene_dir, chunks_dir / CHUNK_PATTERN.format(k), start, stop, size, seed, bar, **sampling)
-    done = all((chunks_dir / CHUNK_PATTERN.format(k) / INDEX_NAME).is_file() for k in range(len(ranges)))
+            write_crop_chunk(scene_dir, chunk_root / CHUNK_PATTERN.format(k), start, stop,
+                             random_crops(size, seed, **sampling), bar)
+    done = all((chunk_root / CHUNK_PATTERN.format(k) / INDEX_NAME).is_file() for k in range(len(ranges)))
     if not (merge and done):
         return None
     return merge_crop_chunks(out_root, split, settings)

@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 
 from configs.schema import ConfigError, ExperimentConfig, ShardDataConfig, at_least, one_of, positive
 from datamodules.codecs.crop_kinds import KIND_NAMES
+from modules.detection.cascade_config import CascadeConfig
+from modules.nets.mtcnn_stages import INPUT_SIZE, LOSS_WEIGHTS, OHEM_RATIO, STAGES
 
-STAGES = ("pnet", "rnet", "onet")
 STAGE_CHOICES = ("cascade", *STAGES)
 
 
@@ -51,6 +52,7 @@ class DetectionDataConfig(ShardDataConfig):
     synthetic: Optional[SyntheticScenesConfig] = None
     crops: CropConfig = field(default_factory=CropConfig)
     train_crops: Optional[str] = None   # a crop split folder for the stage (default: made from the scenes)
+    predict_on: str = "val"             # val (WIDER prediction files) | mining (the train scenes, in chunks)
     batch_size: int = 256               # crops per batch (per rank)
     val_batch_size: int = 8             # scenes per evaluation batch
     shuffle_buffer: int = 2048
@@ -62,16 +64,10 @@ class DetectorModelConfig:
     # earlier stages' weights for a single-stage run: a Visage checkpoint of each (the cascade fills them)
     weights: dict[str, Optional[str]] = field(default_factory=lambda: dict.fromkeys(STAGES))
     pretrained: Optional[str] = None    # a folder with facenet-pytorch's pnet.pt, rnet.pt, onet.pt
-    ohem_ratio: float = 0.7             # online hard sample mining: the share of face losses kept
-    # det / box / landmark loss weights (Zhang et al. 2016: 1 / 0.5 / 0.5 for P and R, 1 / 0.5 / 1 for O)
-    loss_weights: dict[str, list[float]] = field(default_factory=lambda: {
-        "pnet": [1.0, 0.5, 0.5], "rnet": [1.0, 0.5, 0.5], "onet": [1.0, 0.5, 1.0]})
+    ohem_ratio: float = OHEM_RATIO      # online hard sample mining: the share of face losses kept
+    loss_weights: dict[str, list[float]] = field(default_factory=lambda: {s: list(w) for s, w in LOSS_WEIGHTS.items()})
     stage_epochs: dict[str, Optional[int]] = field(default_factory=lambda: dict.fromkeys(STAGES))
-    # inference: thresholds per stage, image pyramid, NMS overlaps
-    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
-    min_face: float = 20.0
-    factor: float = 0.709
-    nms: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7, 0.7])  # per scale, across scales, R, O (min)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)  # inference: thresholds, pyramid, NMS
     haar_baseline: bool = True          # evaluate OpenCV's Haar cascade on the same scenes once per run
 
 
@@ -86,6 +82,9 @@ class DetectorExperiment(ExperimentConfig):
         super().check(cfg)
         model, data = cfg.model, cfg.data
         one_of(model.stage, "model.stage", STAGE_CHOICES)
+        one_of(data.predict_on, "data.predict_on", ("val", "mining"))
+        if model.stage in STAGES:  # a stage trains on crops of its own input size
+            data.image_size = INPUT_SIZE[model.stage]
         if not 0.0 < model.ohem_ratio <= 1.0:
             raise ConfigError(f"model.ohem_ratio: must be in (0, 1], got {model.ohem_ratio}")
         for key in ("weights", "loss_weights", "stage_epochs"):
@@ -98,15 +97,16 @@ class DetectorExperiment(ExperimentConfig):
                                   f"got {list(weights)}")
         for stage, epochs in model.stage_epochs.items():
             at_least(epochs, f"model.stage_epochs.{stage}", 1)
-        if len(model.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in model.thresholds):
-            raise ConfigError(f"model.thresholds: expected three probabilities (P-Net, R-Net, O-Net), "
-                              f"got {list(model.thresholds)}")
-        if len(model.nms) != 4 or not all(0.0 < t <= 1.0 for t in model.nms):
-            raise ConfigError(f"model.nms: expected four overlaps in (0, 1] (per scale, across scales, R-Net, "
-                              f"O-Net), got {list(model.nms)}")
-        if not 0.0 < model.factor < 1.0:
-            raise ConfigError(f"model.factor: the pyramid's scale step must be in (0, 1), got {model.factor}")
-        at_least(model.min_face, "model.min_face", 12.0)
+        cascade = model.cascade
+        if not all(0.0 <= t <= 1.0 for t in cascade.thresholds):
+            raise ConfigError(f"model.cascade.thresholds: expected three probabilities (P-Net, R-Net, O-Net), "
+                              f"got {list(cascade.thresholds)}")
+        for key in ("nms_per_scale", "nms_across_scales", "nms_rnet", "nms_onet"):
+            if not 0.0 < cascade[key] <= 1.0:
+                raise ConfigError(f"model.cascade.{key}: an overlap in (0, 1], got {cascade[key]}")
+        if not 0.0 < cascade.factor < 1.0:
+            raise ConfigError(f"model.cascade.factor: the pyramid's scale step must be in (0, 1), got {cascade.factor}")
+        at_least(cascade.min_face, "model.cascade.min_face", 12.0)
         if model.stage in ("rnet", "onet") and model.pretrained is None:
             needed = STAGES[:STAGES.index(model.stage)]
             missing = [s for s in needed if not model.weights[s]]

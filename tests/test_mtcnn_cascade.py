@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from datamodules.codecs.box_offsets import box_iou
-from modules.detection.cascade import CascadeConfig, ImageFormatError, MTCNNDetector
+from modules.detection.cascade import ImageFormatError, MTCNNDetector
+from modules.detection.cascade_config import CascadeConfig
 from modules.nets.mtcnn_pretrained import load_facenet_mtcnn
 from tests.face_images import astronaut, astronaut_640x480, face_composite
 

@@ -39,37 +39,6 @@ def _check_cluster(cfg) -> None:
     ensure_master_addr()
 
 
-def _finetune_callbacks(cfg) -> list:
-    if not cfg.finetune["freeze"]:
-        return []
-    from trainers.finetune import FreezeUnfreeze  # noqa: PLC0415
-
-    return [FreezeUnfreeze(list(cfg.finetune["freeze"]), cfg.finetune["unfreeze_at_epoch"],
-                           cfg.finetune["lr_factor"])]
-
-
-def _check_freeze_paths(cfg, module) -> None:
-    """Every ``finetune.freeze`` path names a submodule of the built module (before any data is made)."""
-    from trainers.finetune import resolve_submodule  # noqa: PLC0415
-
-    for path in cfg.finetune["freeze"]:
-        try:
-            resolve_submodule(module, path)
-        except AttributeError as err:
-            raise ConfigError(f"finetune.freeze: {err}") from None
-
-
-def _load_finetune_weights(cfg, run) -> None:
-    if not cfg.finetune["from"] or run.resume_from:
-        return
-    from trainers.finetune import load_pretrained  # noqa: PLC0415
-
-    report = load_pretrained(run.module, cfg.finetune["from"], dict(cfg.finetune["prefix_map"]) or None)
-    if run.trainer.is_global_zero:
-        print(report.format(), flush=True)
-        (run.run_dir / "finetune_report.txt").write_text(report.format())
-
-
 def cmd_fit(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -78,31 +47,23 @@ def cmd_fit(args) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     _check_cluster(cfg)  # before torch and Lightning are even imported: a bad allocation fails in seconds
-    from trainers.build import build_run, choose_run_dir_and_checkpoint, prepare_run_dir, write_metrics  # noqa: PLC0415
+    from trainers.build import choose_run_dir_and_checkpoint, prepare_run_dir  # noqa: PLC0415
+    from trainers.fitting import fit_experiment  # noqa: PLC0415
 
     run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
     prepare_run_dir(cfg, run_dir)
-    run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
-    _check_freeze_paths(cfg, run.module)
-    # synthetic data is generated here, under a file lock, before any collective could time out
-    run.datamodule.prepare_data()
-    _load_finetune_weights(cfg, run)
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
-    if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
-        print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
-              f"run.resume={run_dir / 'checkpoints' / 'last.ckpt'} (under SLURM: scontrol requeue)", file=sys.stderr)
-        return 3
-    final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
-    if run.trainer.is_global_zero:
-        metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
-        path = write_metrics(run, metrics)
-        _print_summary(run, path, metrics)
+    outcome = fit_experiment(cfg, run_dir, resume_from)
+    if outcome.code:
+        return outcome.code
+    if outcome.run is not None and outcome.run.trainer.is_global_zero:
+        _print_summary(outcome.run, run_dir, outcome.metrics)
     return 0
 
 
-def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
+def _print_summary(run, run_dir: Path, metrics: dict) -> None:
+    """The task's summary and where things are (``run.run_dir`` is the last step's folder in a run of steps)."""
     print(f"\n{run.module.summary(metrics)}\n"
-          f"\nrun directory: {run.run_dir}\nmetrics:       {metrics_path}\n"
+          f"\nrun directory: {run_dir}\nmetrics:       {run_dir / 'metrics.json'}\n"
           f"pictures:      {run.run_dir / 'pictures'}\ncheckpoints:   {run.run_dir / 'checkpoints'}"
           f" (best: {run.checkpoint.best_model_path or 'none'})\ncsv log:       {run.run_dir / 'csv' / 'metrics.csv'}",
           flush=True)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from configs.errors import VisageError
-from modules.detection.cascade import CascadeConfig, MTCNNDetector
+from modules.detection.cascade import MTCNNDetector
+from modules.detection.cascade_config import CascadeConfig
 from modules.nets.mtcnn import STAGES, build_stage_net
 from modules.nets.mtcnn_pretrained import load_facenet_mtcnn
 

@@ -41,12 +41,13 @@ def kind_from_iou(iou):
     return int(kinds) if kinds.ndim == 0 else kinds
 
 
-def mix_counts(batch_size: int) -> dict[int, int]:
-    """How many crops of each kind a batch of ``batch_size`` holds by the 3:1:1:2 mix: each kind gets
-    ``floor(batch_size * share)``, and the remainder goes to the kinds in the order NEGATIVE, POSITIVE,
-    PART, LANDMARK, one each (so the counts always sum to ``batch_size``)."""
-    total = sum(MIX.values())
-    counts = {kind: batch_size * share // total for kind, share in MIX.items()}
-    for kind in list(MIX)[:batch_size - sum(counts.values())]:
+def mix_counts(batch_size: int, mix: dict[int, int] | None = None) -> dict[int, int]:
+    """How many crops of each kind a batch of ``batch_size`` holds by ``mix`` (default the 3:1:1:2 MIX):
+    each kind gets ``floor(batch_size * share)``, and the remainder goes to the kinds in the order
+    NEGATIVE, POSITIVE, PART, LANDMARK, one each (so the counts always sum to ``batch_size``)."""
+    mix = MIX if mix is None else mix
+    total = sum(mix.values())
+    counts = {kind: batch_size * share // total for kind, share in mix.items()}
+    for kind in [k for k in mix if mix[k]][:batch_size - sum(counts.values())]:
         counts[kind] += 1
     return counts

@@ -22,6 +22,7 @@ from torch import nn
 
 from configs.errors import VisageError
 from datamodules.codecs.box_offsets import decode_boxes, decode_landmarks, square_boxes
+from modules.detection.cascade_config import CascadeConfig
 from modules.detection.crops import IntegralImages
 from modules.detection.nms import batched_nms
 from modules.detection.pyramid import pyramid_scales, scaled_size
@@ -32,19 +33,6 @@ NETS_BATCH = 2048  # crops per R-Net / O-Net forward (bounds the memory on many 
 
 class ImageFormatError(VisageError, ValueError):
     """An input that is not an RGB image (H x W x 3 array, or N x 3 x H x W tensor)."""
-
-
-@dataclass(frozen=True)
-class CascadeConfig:
-    """The inference settings; defaults are the paper's (and facenet-pytorch's)."""
-
-    min_face: float = 20.0                   # smallest face searched, pixels
-    factor: float = 0.709                    # pyramid step
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # face probability kept by P-, R-, O-Net
-    nms_per_scale: float = 0.5               # IoU, P-Net windows of one pyramid level
-    nms_across_scales: float = 0.7           # IoU, P-Net windows of all levels of an image
-    nms_rnet: float = 0.7                    # IoU, after R-Net
-    nms_onet: float = 0.7                    # intersection over the smaller box, after O-Net
 
 
 @dataclass

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from datamodules.codecs.crop_kinds import LANDMARK, NEGATIVE, PART, POSITIVE
 
-LOSS_WEIGHTS = {"pnet": (1.0, 0.5, 0.5), "rnet": (1.0, 0.5, 0.5), "onet": (1.0, 0.5, 1.0)}
-DEFAULT_OHEM_RATIO = 0.7
+from modules.nets.mtcnn_stages import LOSS_WEIGHTS, OHEM_RATIO
 
 
 @dataclass
@@ -54,7 +53,7 @@ def hard_sample_count(count: int, ohem_ratio: float) -> int:
     return min(count, math.ceil(ohem_ratio * count - 1e-9))  # 1e-9: 0.7 * 10 is 7.000000000000001
 
 
-def face_loss(face_logits: torch.Tensor, kinds: torch.Tensor, ohem_ratio: float = DEFAULT_OHEM_RATIO) -> torch.Tensor:
+def face_loss(face_logits: torch.Tensor, kinds: torch.Tensor, ohem_ratio: float = OHEM_RATIO) -> torch.Tensor:
     """Mean cross-entropy (eq. 1) of the hardest ``ceil(ohem_ratio * n)`` of the n NEGATIVE / POSITIVE crops
     (label 1 for POSITIVE); other kinds are ignored."""
     logits = per_sample(face_logits)
@@ -87,7 +86,7 @@ def landmark_loss(landmarks: torch.Tensor, landmark_targets: torch.Tensor, kinds
 def stage_loss(face_logits: torch.Tensor, box_offsets: torch.Tensor, landmarks: torch.Tensor, kinds: torch.Tensor,
                box_targets: torch.Tensor, landmark_targets: torch.Tensor,
                weights: tuple[float, float, float] = LOSS_WEIGHTS["pnet"],
-               ohem_ratio: float = DEFAULT_OHEM_RATIO) -> StageLoss:
+               ohem_ratio: float = OHEM_RATIO) -> StageLoss:
     """Eq. 4 for one batch of crops: the nets' three outputs, each crop's kind, and its box and landmark
     targets (any values where its kind does not use them). ``weights``: (det, box, landmark)."""
     face = face_loss(face_logits, kinds, ohem_ratio)

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from configs.errors import VisageError
+from modules.nets.mtcnn_stages import INPUT_SIZE, STAGES
 
-STAGES = ("pnet", "rnet", "onet")
-INPUT_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}  # the square crop each stage classifies
 PNET_STRIDE = 2      # P-Net's output cells step 2 pixels over its input ...
 PNET_CELL = 12       # ... and each sees a 12x12 window
 
