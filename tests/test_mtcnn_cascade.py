@@ -169,3 +169,13 @@ def test_final_nms_drops_a_box_inside_a_better_one():
     faces, landmarks = detector.onet_faces(IntegralImages([image, image]), windows)
     assert faces.boxes.tolist() == [[0.0, 0, 100, 100], [10, 10, 40, 40]] and faces.image.tolist() == [0, 1]
     assert landmarks[0].tolist() == [[50.0, 50.0]] * 5  # the window's centre, by the codec
+
+
+def test_best_per_group_keeps_each_groups_best_and_all_of_small_groups():
+    from modules.detection.cascade import best_per_group
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2])
+    groups = torch.tensor([2, 0, 0, 2, 0, 1, 2])
+    kept = best_per_group(scores, groups, 2).tolist()
+    # by hand: group 0 -> 0.9 (1), 0.5 (2); group 1 -> 0.8 (5); group 2 -> 0.7 (3), 0.2 (6)
+    assert kept == [1, 2, 3, 5, 6]
+    assert best_per_group(scores, groups, 10).tolist() == list(range(7))

@@ -49,9 +49,15 @@ def build_datamodule(config: dict) -> pl.LightningDataModule:
 
 
 # -- run directory and resuming -------------------------------------------------------------------
+def newest_last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest last.ckpt of a run: its own, or one of its steps' (a run of steps keeps one per step)."""
+    found = [*run_dir.glob("checkpoints/last.ckpt"), *run_dir.glob("*/checkpoints/last.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def latest_run_with_checkpoint(root: Path, name: str) -> Path | None:
-    runs = [p for p in (Path(root) / name).glob("*") if (p / "checkpoints" / "last.ckpt").is_file()]
-    return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
+    runs = [(p, last) for p in (Path(root) / name).glob("*") if (last := newest_last_checkpoint(p)) is not None]
+    return max(runs, key=lambda run: run[1].stat().st_mtime, default=(None, None))[0]
 
 
 def choose_run_dir_and_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
@@ -64,8 +70,9 @@ def choose_run_dir_and_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
         return run_dir, str(ckpt)
     if resume == "auto" and not cfg.run.id and not os.environ.get(RUN_DIR_ENV) and not slurm_run_suffix(os.environ):
         previous = latest_run_with_checkpoint(Path(cfg.run.root), cfg.run.name)
-        if previous is not None:
-            return previous, str(previous / "checkpoints" / "last.ckpt")
+        if previous is not None:  # a run of steps resumes step by step (trainers/fitting.py)
+            last = previous / "checkpoints" / "last.ckpt"
+            return previous, str(last) if last.is_file() else None
     run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id)
     if resume == "auto":
         if list(run_dir.glob("hpc_ckpt_*.ckpt")):

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainers.export import add_export_parser  # noqa: PLC0415
 
     add_export_parser(sub)
+    from trainers.detect import add_detect_parser  # noqa: PLC0415
+
+    add_detect_parser(sub)
     return parser
 
 

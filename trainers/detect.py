@@ -21,15 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-
 from configs.errors import VisageError
-from modules.detection.cascade import MTCNNDetector
 from modules.detection.cascade_config import CascadeConfig
-from modules.nets.mtcnn import STAGES, build_stage_net
-from modules.nets.mtcnn_pretrained import load_facenet_mtcnn
+from modules.nets.mtcnn_stages import STAGES
+
+# torch, OpenCV and the nets are imported where they are used: registering the subcommand (every
+# `visage` command does) stays light
 
 DEFAULTS = CascadeConfig()
 
@@ -38,8 +35,16 @@ class DetectorCheckpointError(VisageError, ValueError):
     """A checkpoint that does not hold the three MTCNN nets."""
 
 
-def nets_from_checkpoint(path: str | Path) -> dict[str, torch.nn.Module]:
+class DetectUsageError(VisageError, ValueError):
+    exit_code = 2
+
+
+def nets_from_checkpoint(path: str | Path) -> dict:
     """P-Net, R-Net, O-Net from a Lightning checkpoint holding them under ``pnet.``, ``rnet.``, ``onet.``."""
+    import torch  # noqa: PLC0415
+
+    from modules.nets.mtcnn import build_stage_net  # noqa: PLC0415
+
     path = Path(path)
     if not path.is_file():
         raise DetectorCheckpointError(f"--ckpt: {path}: no such file")
@@ -70,7 +75,12 @@ def nets_from_checkpoint(path: str | Path) -> dict[str, torch.nn.Module]:
     return nets
 
 
-def build_detector(args: argparse.Namespace) -> MTCNNDetector:
+def build_detector(args: argparse.Namespace):
+    import torch  # noqa: PLC0415
+
+    from modules.detection.cascade import MTCNNDetector  # noqa: PLC0415
+    from modules.nets.mtcnn_pretrained import load_facenet_mtcnn  # noqa: PLC0415
+
     nets = load_facenet_mtcnn(args.weights).nets if args.weights else nets_from_checkpoint(args.ckpt)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -80,14 +90,17 @@ def build_detector(args: argparse.Namespace) -> MTCNNDetector:
     return MTCNNDetector(*(nets[stage].to(device) for stage in STAGES), config)
 
 
-def read_rgb(path: Path) -> np.ndarray | None:
+def read_rgb(path: Path):
     """The image at ``path`` as H x W x 3 uint8 RGB, or None when it cannot be read."""
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
     data = np.fromfile(path, np.uint8) if path.is_file() else np.zeros(0, np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def faces_record(path: Path, image: np.ndarray, found: dict[str, torch.Tensor]) -> dict:
+def faces_record(path: Path, image, found: dict) -> dict:
     boxes, scores, landmarks = (found[key].detach().cpu() for key in ("boxes", "scores", "landmarks"))
     faces = [{"box": [round(v, 2) for v in box.tolist()], "score": round(float(score), 5),
               "landmarks": [[round(x, 2), round(y, 2)] for x, y in points.tolist()]}
@@ -95,9 +108,11 @@ def faces_record(path: Path, image: np.ndarray, found: dict[str, torch.Tensor]) 
     return {"image": str(path), "width": image.shape[1], "height": image.shape[0], "faces": faces}
 
 
-def draw_faces(image: np.ndarray, record: dict) -> np.ndarray:
+def draw_faces(image, record: dict):
     """BGR picture of ``image`` with each face's box (green), score and landmarks (eyes blue, nose red,
     mouth yellow)."""
+    import cv2  # noqa: PLC0415
+
     picture = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     thickness = max(1, round(max(image.shape[:2]) / 400))
     colours = [(255, 0, 0), (255, 0, 0), (0, 0, 255), (0, 255, 255), (0, 255, 255)]
@@ -111,6 +126,12 @@ def draw_faces(image: np.ndarray, record: dict) -> np.ndarray:
     return picture
 
 
+def write_png(path: Path, bgr) -> None:
+    import cv2  # noqa: PLC0415
+
+    cv2.imwrite(str(path), bgr)
+
+
 def output_names(paths: list[Path]) -> list[str]:
     """File stems, made unique by a suffix where two images share one (a/x.jpg, b/x.jpg -> x, x_2)."""
     names, seen = [], {}
@@ -120,8 +141,28 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def save_weights(detector, path: Path) -> None:
+    """The three nets as one plain state_dict under ``pnet.``, ``rnet.``, ``onet.`` (the detector module's
+    names): ``finetune.from=PATH`` starts a detector run from them."""
+    import torch  # noqa: PLC0415
+
+    state = {f"{stage}.{key}": value.detach().cpu().clone()
+             for stage, net in zip(STAGES, (detector.pnet, detector.rnet, detector.onet))
+             for key, value in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    print(f"weights: {path} ({len(state)} tensors of P-Net, R-Net, O-Net); fine-tune with "
+          f"`visage fit configs/detector/mtcnn.yaml finetune.from={path}`", flush=True)
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     detector = build_detector(args)
+    if args.save_weights:
+        save_weights(detector, Path(args.save_weights))
+    if not args.images:
+        return 0
+    if not args.out:
+        raise DetectUsageError("--out: a folder for the results is needed when images are given")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in args.images]
@@ -134,7 +175,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             continue
         record = faces_record(path, image, detector.detect([image])[0])
         (out / f"{name}.json").write_text(json.dumps(record, indent=1))
-        cv2.imwrite(str(out / f"{name}.png"), draw_faces(image, record))
+        write_png(out / f"{name}.png", draw_faces(image, record))
         total_faces += len(record["faces"])
         print(f"{path}: {len(record['faces'])} face(s) -> {out / name}.json, .png", flush=True)
     print(f"detect: {len(paths) - len(skipped)} image(s), {total_faces} face(s) in {out}"
@@ -144,11 +185,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     detect = subparsers.add_parser("detect", help="find faces and 5 landmarks with the MTCNN cascade")
-    detect.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format OpenCV reads)")
+    detect.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format OpenCV reads)")
     weights = detect.add_mutually_exclusive_group(required=True)
     weights.add_argument("--ckpt", help="Lightning checkpoint holding pnet., rnet., onet. weights")
     weights.add_argument("--weights", help="folder holding facenet-pytorch's pnet.pt, rnet.pt, onet.pt")
-    detect.add_argument("--out", required=True, help="folder for one .json and one .png per image")
+    detect.add_argument("--out", help="folder for one .json and one .png per image")
+    detect.add_argument("--save-weights", metavar="PATH",
+                        help="also write the three nets as one state_dict (for finetune.from)")
     detect.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
     detect.add_argument("--min-face", type=float, default=DEFAULTS.min_face, help="smallest face searched, pixels")
     detect.add_argument("--factor", type=float, default=DEFAULTS.factor, help="image pyramid step")

@@ -133,9 +133,12 @@ class MTCNNDetector:
         if not found:
             return empty_windows(self.device)
         boxes, scores, image, level, offsets = (torch.cat(parts) for parts in zip(*found))
-        keep = batched_nms(boxes, scores, image * levels + level, cfg.nms_per_scale)
+        group = image * levels + level
+        best = best_per_group(scores, group, cfg.max_windows)
+        keep = best[batched_nms(boxes[best], scores[best], group[best], cfg.nms_per_scale)]
         boxes, scores, image, offsets = boxes[keep], scores[keep], image[keep], offsets[keep]
-        keep = batched_nms(boxes, scores, image, cfg.nms_across_scales)
+        best = best_per_group(scores, image, cfg.max_windows)
+        keep = best[batched_nms(boxes[best], scores[best], image[best], cfg.nms_across_scales)]
         calibrated = square_boxes(decode_boxes(boxes[keep], offsets[keep]))
         return drop_empty(Windows(calibrated, scores[keep], image[keep]))
 
@@ -179,6 +182,16 @@ class MTCNNDetector:
         faces = Windows(decode_boxes(crops, out.box_offsets[passed]), probability[passed], windows.image[passed])
         keep = batched_nms(faces.boxes, faces.scores, faces.image, cfg.nms_onet, mode="min")
         return faces.select(keep), landmarks[keep]
+
+
+def best_per_group(scores: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` best scores of each group (all of a group that has fewer), in index order."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]  # by group, best first within each
+    sorted_groups = groups[order]
+    starts = torch.searchsorted(sorted_groups, sorted_groups, right=False)
+    rank = torch.arange(len(order), device=scores.device) - starts
+    return order[rank < count].sort().values
 
 
 def images_by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:

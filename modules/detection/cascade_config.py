@@ -16,3 +16,6 @@ class CascadeConfig:
     nms_across_scales: float = 0.7           # IoU, P-Net windows of all levels of an image
     nms_rnet: float = 0.7                    # IoU, after R-Net
     nms_onet: float = 0.7                    # intersection over the smaller box, after O-Net
+    # at most this many P-Net windows per image and pyramid level, and per image across levels, enter NMS
+    # (the best scored): a weak or untrained P-Net passes most cells, and NMS costs the square of them
+    max_windows: int = 2000
