@@ -6,7 +6,7 @@ lowest first, so the result is deterministic. Overlap is the IoU ("union") or th
 smaller area ("min", used by MTCNN after O-Net, so that a small box inside a bigger one goes too).
 
 No Python loop over boxes: the pairs of boxes that overlap too much (an edge from the better box to the
-worse) are found in blocks, and the greedy result is the unique fixed point of
+worse) are found group by group in blocks, and the greedy result is the unique fixed point of
 
     keep[j] = not any(keep[i] for every edge i -> j),
 
@@ -51,24 +51,23 @@ def visiting_order(scores: torch.Tensor, groups: torch.Tensor | None = None) -> 
 def _suppression_edges(boxes: torch.Tensor, counts: torch.Tensor, threshold: float,
                        mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Edges (better, worse) as positions in ``boxes``, which holds the groups one after another, each
-    sorted best first, ``counts[g]`` boxes in group g: pairs of one group overlapping by > threshold."""
-    groups, longest = len(counts), int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    group_of = torch.repeat_interleave(torch.arange(groups, device=boxes.device), counts)
-    rank = torch.arange(len(boxes), device=boxes.device) - starts[group_of]
-    padded = boxes.new_zeros(groups, longest, 4)  # zero boxes have no area: they overlap nothing
-    padded[group_of, rank] = boxes
-    rows_per_block = max(1, PAIRS_PER_BLOCK // max(1, groups * longest))
+    sorted best first, ``counts[g]`` boxes in group g: pairs of one group overlapping by > threshold.
+    Group by group (a loop over images and pyramid levels, not boxes): padding every group to the
+    longest would cost groups x longest^2 overlaps where the groups need the sum of their squares."""
     better, worse = [], []
-    columns = torch.arange(longest, device=boxes.device)
-    for first in range(0, longest, rows_per_block):
-        rows = padded[:, first:first + rows_per_block]
-        overlapping = pairwise_overlap(rows, padded, mode) > threshold  # (groups, rows, longest)
-        row_index = torch.arange(first, first + rows.shape[1], device=boxes.device)
-        overlapping &= columns[None, None, :] > row_index[None, :, None]  # only better -> worse
-        g, i, j = overlapping.nonzero(as_tuple=True)
-        better.append(starts[g] + first + i)
-        worse.append(starts[g] + j)
+    start = 0
+    for count in counts.tolist():
+        rows_per_block = max(1, PAIRS_PER_BLOCK // max(1, count))
+        group = boxes[start:start + count]
+        columns = torch.arange(count, device=boxes.device)
+        for first in range(0, count, rows_per_block):
+            rows = group[first:first + rows_per_block]
+            overlapping = pairwise_overlap(rows, group, mode) > threshold  # (rows, count)
+            overlapping &= columns[None, :] > (columns[first:first + len(rows), None])  # only better -> worse
+            i, j = overlapping.nonzero(as_tuple=True)
+            better.append(start + first + i)
+            worse.append(start + j)
+        start += count
     return torch.cat(better), torch.cat(worse)
 
 
