@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from trainers.evaluation_config import (Difference, evaluation_config, evaluatio
                                         split_arguments)
 
 EXAMPLES = 3  # tensors named in a mismatch message
+RESTORE = "_restore_modules_and_callbacks"  # Lightning's step that loads a checkpoint into the model
 
 
 def read_checkpoint(path: str) -> dict:
@@ -57,17 +59,25 @@ def check_weights_fit(module, state: dict, ckpt: str, differences: list[Differen
         parts.append(f"{len(mismatched)} tensor(s) of another shape ({'; '.join(mismatched[:EXAMPLES])})")
     if missing:
         parts.append(f"{len(missing)} of the model's tensor(s) missing ({', '.join(missing[:EXAMPLES])})")
+    raise ConfigError(f"--ckpt: {ckpt} does not fit the model the config builds: {', '.join(parts)}; "
+                      f"{_cause(differences)}")
+
+
+def _cause(differences: list[Difference]) -> str:
     changed = [d.key for d in differences if d.used == "command line" and d.key.startswith(("model.", "data.image"))]
-    cause = (f"the command line changes {', '.join(changed)} from the checkpoint's value: drop those overrides"
-             if changed else "it was trained with another model (task, backbone or size)")
-    raise ConfigError(f"--ckpt: {ckpt} does not fit the model the config builds: {', '.join(parts)}; {cause}")
+    return (f"the command line changes {', '.join(changed)} from the checkpoint's value: drop those overrides"
+            if changed else "it was trained with another model (task, backbone or size)")
 
 
-def _lightning_load_error(err: RuntimeError, ckpt: str) -> ConfigError | None:
-    if "state_dict" not in str(err):
+def restore_error(err: Exception, ckpt: str, differences: list[Difference]) -> ConfigError | None:
+    """A ConfigError for an exception raised while Lightning restored the checkpoint into the model
+    (its strict load, or the module's on_load_checkpoint), None for any other."""
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(err.__traceback__)]
+    if RESTORE not in frames:
         return None
     details = " ".join(str(err).split())
-    return ConfigError(f"--ckpt: {ckpt} does not fit the model the config builds: {details[:400]}")
+    return ConfigError(f"--ckpt: {ckpt} does not fit the model the config builds: {details[:400]}; "
+                       f"{_cause(differences)}")
 
 
 def data_record(cfg: DictConfig, datamodule) -> dict:
@@ -108,8 +118,8 @@ def evaluate(args, check_cluster: Callable[[DictConfig], None]) -> int:
         try:
             folder.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
-            raise ConfigError(f"run.id: {folder} was taken by another evaluation started at the same time; "
-                              "run the command again") from None
+            raise ConfigError(f"{'run.id' if run_id else 'evaluation folder'}: {folder} was taken by another "
+                              "evaluation started at the same time; run the command again") from None
     prepare_run_dir(cfg, folder)
     run.datamodule.prepare_data()
     trainer = run.trainer
@@ -121,8 +131,8 @@ def evaluate(args, check_cluster: Callable[[DictConfig], None]) -> int:
         else:
             method = trainer.validate if args.command == "validate" else trainer.test
             results = method(run.module, datamodule=run.datamodule, ckpt_path=args.ckpt, verbose=False)
-    except RuntimeError as err:
-        translated = _lightning_load_error(err, args.ckpt) if args.ckpt else None
+    except Exception as err:  # noqa: BLE001 (only a failure inside Lightning's restore is translated)
+        translated = restore_error(err, args.ckpt, differences) if args.ckpt else None
         if translated is None:
             raise
         raise translated from None
