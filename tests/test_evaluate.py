@@ -141,3 +141,23 @@ def test_print_config_of_an_evaluation_is_the_checkpoints_data_and_model(fitted,
     assert code == 0 and printed["data"]["synthetic"]["identities"] == 8 and printed["model"]["width"] == 8
     assert printed["data"]["val_split"] == "train" and printed["trainer"]["devices"] == 2  # override; the file's
     assert printed["run"]["id"] is None and printed["finetune"]["from"] is None
+
+
+def test_every_rank_of_a_slurm_job_names_the_same_evaluation_folder(tmp_path, monkeypatch):
+    """Under srun every rank computes the folder itself (no launcher hands it down): it is named after
+    the job, not after the next free number, which a rank would see change once rank 0 made it."""
+    from trainers.config import load_config
+    from trainers.evaluation_config import evaluation_dir
+    from trainers.run_dir import RUN_DIR_ENV
+
+    run = tmp_path / "runs" / "x" / "local-0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "validate-0").mkdir()
+    cfg = load_config(EXPERIMENT)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    assert evaluation_dir("validate", cfg, str(run / "checkpoints" / "last.ckpt"), None) == run / "validate-1"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    first = evaluation_dir("validate", cfg, str(run / "checkpoints" / "last.ckpt"), None)
+    first.mkdir()
+    assert first == run / "validate-slurm-77"
+    assert evaluation_dir("validate", cfg, str(run / "checkpoints" / "last.ckpt"), None) == first

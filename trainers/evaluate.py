@@ -9,6 +9,7 @@ is made or any file is written.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -21,6 +22,7 @@ from configs.schema import ConfigError
 from trainers.build import build_run, is_launcher_or_rank_zero, prepare_run_dir
 from trainers.evaluation_config import (Difference, evaluation_config, evaluation_dir, override_keys,
                                         split_arguments)
+from trainers.run_dir import slurm_run_suffix
 
 EXAMPLES = 3  # tensors named in a mismatch message
 RESTORE = "_restore_modules_and_callbacks"  # Lightning's step that loads a checkpoint into the model
@@ -116,7 +118,7 @@ def evaluate(args, check_cluster: Callable[[DictConfig], None]) -> int:
         check_weights_fit(run.module, checkpoint["state_dict"], args.ckpt, differences)
     if talk:
         try:
-            folder.mkdir(parents=True, exist_ok=False)
+            folder.mkdir(parents=True, exist_ok=slurm_run_suffix(os.environ) is not None)  # a requeued job: its own
         except FileExistsError:
             raise ConfigError(f"{'run.id' if run_id else 'evaluation folder'}: {folder} was taken by another "
                               "evaluation started at the same time; run the command again") from None

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs.schema import FINETUNE_DEFAULTS, ConfigError, to_plain
 from trainers.config import compose, find_config, parse_overrides, read_experiment
-from trainers.run_dir import RUN_DIR_ENV
+from trainers.run_dir import RUN_DIR_ENV, slurm_run_suffix
 
 FROM_CHECKPOINT = ("task", "data", "model", "run")  # what defines the data and the model evaluated
 COMPARED = ("task", "data", "model", "run.seed")    # the settings whose difference is reported
@@ -123,8 +123,9 @@ def training_run_dir(ckpt: Path) -> Path | None:
 
 def evaluation_dir(command: str, cfg: DictConfig, ckpt: str | None, run_id: str | None) -> Path:
     """A new folder for this evaluation beside the checkpoint's run: ``<run>/<command>-N`` with the next
-    free N (or ``<run>/<run.id>`` when the command line names one); without a run, under
-    ``run.root/run.name``. A rank started by the launcher takes the launcher's folder."""
+    free N (``<run>/<command>-slurm-<job>`` under SLURM, ``<run>/<run.id>`` when the command line names
+    one); without a run, under ``run.root/run.name``. A rank started by the launcher takes the
+    launcher's folder."""
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     base = (training_run_dir(Path(ckpt)) if ckpt else None) or Path(cfg.run.root) / str(cfg.run.name)
@@ -134,5 +135,8 @@ def evaluation_dir(command: str, cfg: DictConfig, ckpt: str | None, run_id: str 
                               "run's folder: choose another id, or drop run.id for the next free "
                               f"{command}-N")
         return base / run_id
+    job = slurm_run_suffix(os.environ)
+    if job:  # every rank srun starts computes the same folder: named after the job, not the next free N
+        return base / f"{command}-{job}"
     taken = {p.name for p in base.glob(f"{command}-*")}
     return base / next(f"{command}-{n}" for n in range(100_000) if f"{command}-{n}" not in taken)
