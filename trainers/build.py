@@ -18,6 +18,7 @@ from pytorch_lightning.strategies import DDPStrategy
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
+from trainers.lightning_trainer import make_trainer
 from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
 from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
 from trainers.tasks import load, task
@@ -152,18 +153,8 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
                  RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices if not OmegaConf.is_list(t.devices) else list(t.devices),
-        num_nodes=t.num_nodes, strategy=_strategy(t), precision=t.precision, max_epochs=t.max_epochs,
-        max_steps=t.max_steps, max_time=t.max_time, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
-        val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
-        num_sanity_val_steps=t.num_sanity_val_steps, sync_batchnorm=t.sync_batchnorm,
-        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        limit_val_batches=t.limit_val_batches, fast_dev_run=t.fast_dev_run, default_root_dir=str(run_dir),
-        use_distributed_sampler=False,
-        logger=_loggers(cfg, run_dir), callbacks=callbacks)
+    trainer = make_trainer(config["trainer"], strategy=_strategy(cfg.trainer), default_root_dir=str(run_dir),
+                           use_distributed_sampler=False, logger=_loggers(cfg, run_dir), callbacks=callbacks)
     return Run(cfg, run_dir, module, datamodule, trainer, checkpoint, metrics, resume_from)
 
 

@@ -11,6 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,10 +63,25 @@ def load_finetune_weights(cfg: DictConfig, run: Run) -> None:
         (run.run_dir / "finetune_report.txt").write_text(report.format())
 
 
-def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None, final_validation: bool = True) -> FitOutcome:
-    """Build, make the data, train; then the validation metrics of the trained model in metrics.json."""
+def once(action: Callable[[], None] | None) -> Callable[[], None]:
+    """``action`` the first time the result is called, nothing after."""
+    done = []
+
+    def call() -> None:
+        if action is not None and not done:
+            done.append(True)
+            action()
+    return call
+
+
+def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None, final_validation: bool = True,
+            prepare_dir: Callable[[], None] | None = None) -> FitOutcome:
+    """Build; then ``prepare_dir`` (the run directory is written only once the run is built, so a setting
+    Lightning refuses leaves nothing behind); make the data, train; then the validation metrics of the
+    trained model in metrics.json."""
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=finetune_callbacks(cfg))
     check_freeze_paths(cfg, run.module)
+    once(prepare_dir)()
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
     load_finetune_weights(cfg, run)
@@ -108,8 +124,11 @@ def step_finished(step: Step, step_dir: Path) -> bool:
     return (step_dir / ("metrics.json" if step.kind == "fit" else STEP_DONE)).is_file()
 
 
-def run_steps(cfg: DictConfig, steps: list[Step], run_dir: Path) -> FitOutcome:
-    """Every step in order, each in ``run_dir/<step>``; finished steps are skipped (their outputs kept)."""
+def run_steps(cfg: DictConfig, steps: list[Step], run_dir: Path,
+              prepare_dir: Callable[[], None] | None = None) -> FitOutcome:
+    """Every step in order, each in ``run_dir/<step>``; finished steps are skipped (their outputs kept).
+    ``prepare_dir`` runs once the first step to run is built."""
+    prepare_dir = once(prepare_dir)
     folders: dict[str, str] = {}
     outcome = FitOutcome(None, {})
     for step in steps:
@@ -121,10 +140,14 @@ def run_steps(cfg: DictConfig, steps: list[Step], run_dir: Path) -> FitOutcome:
                 folders[f"{step.name}_ckpt"] = str(handed_checkpoint(step_dir))
                 outcome = FitOutcome(None, json.loads((step_dir / "metrics.json").read_text())["metrics"])
             continue
-        step_dir.mkdir(parents=True, exist_ok=True)
-        (step_dir / "config.yaml").write_text(OmegaConf.to_yaml(step_cfg, resolve=True))
+        def prepare_step(step_dir=step_dir, step_cfg=step_cfg) -> None:
+            prepare_dir()
+            step_dir.mkdir(parents=True, exist_ok=True)
+            (step_dir / "config.yaml").write_text(OmegaConf.to_yaml(step_cfg, resolve=True))
+
         if step.kind == "fit":
-            outcome = fit_run(step_cfg, step_dir, step_resume_point(step_dir), final_validation=False)
+            outcome = fit_run(step_cfg, step_dir, step_resume_point(step_dir), final_validation=False,
+                              prepare_dir=prepare_step)
             if outcome.code:
                 return outcome
             handed = handed_checkpoint(step_dir)
@@ -132,12 +155,13 @@ def run_steps(cfg: DictConfig, steps: list[Step], run_dir: Path) -> FitOutcome:
                 outcome.run.trainer.save_checkpoint(handed)
             folders[f"{step.name}_ckpt"] = str(handed)
         else:
-            predict_step(step_cfg, step_dir)
+            predict_step(step_cfg, step_dir, prepare_dir=prepare_step)
     return outcome
 
 
-def predict_step(cfg: DictConfig, step_dir: Path) -> None:
+def predict_step(cfg: DictConfig, step_dir: Path, prepare_dir: Callable[[], None] | None = None) -> None:
     run = build_run(cfg, step_dir)
+    once(prepare_dir)()
     run.datamodule.prepare_data()
     run.trainer.predict(run.module, datamodule=run.datamodule, return_predictions=False)
     if run.trainer.is_global_zero:
@@ -145,12 +169,13 @@ def predict_step(cfg: DictConfig, step_dir: Path) -> None:
         (step_dir / STEP_DONE).write_text(json.dumps({"step": step_dir.name}))
 
 
-def fit_experiment(cfg: DictConfig, run_dir: Path, resume_from: str | None) -> FitOutcome:
-    """The whole training of an experiment: its steps, or one run."""
+def fit_experiment(cfg: DictConfig, run_dir: Path, resume_from: str | None,
+                   prepare_dir: Callable[[], None] | None = None) -> FitOutcome:
+    """The whole training of an experiment: its steps, or one run (``prepare_dir``: see ``fit_run``)."""
     steps = task_steps(cfg)
     if not steps:
-        return fit_run(cfg, run_dir, resume_from)
-    outcome = run_steps(cfg, steps, run_dir)
+        return fit_run(cfg, run_dir, resume_from, prepare_dir=prepare_dir)
+    outcome = run_steps(cfg, steps, run_dir, prepare_dir)
     if not outcome.code and outcome.run is not None and outcome.run.trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(
             {"metrics": outcome.metrics, "steps": [s.name for s in steps]}, indent=1, sort_keys=True))
