@@ -17,7 +17,9 @@ crops, NMS and calibration; O-Net) comes from ``MTCNNDetector.detect(profile=...
 Baselines: facenet-pytorch 2.6.0's ``MTCNN(keep_all=True).detect`` (min face 20, thresholds
 0.6/0.7/0.7, factor 0.709, as ours), from the downloaded wheel with a stub torchvision whose
 ``batched_nms`` is Visage's (``tests/facenet_wheel.py``); OpenCV's ``haarcascade_frontalface_default.xml``
-``detectMultiScale`` (scale 1.1, 5 neighbours, min size 20) on the grey image. Goal: Visage's CPU
+``detectMultiScale`` (scale 1.1, 5 neighbours, min size 20) on the grey image. Mining rows: scenes/s of
+hard-example mining for R-Net and O-Net on synthetic scenes, against cutting P-Net's random crops of the
+same scenes. Goal: Visage's CPU
 images/s >= facenet-pytorch's on the same images with the same weights (ratio >= 1.0).
 """
 from __future__ import annotations
@@ -34,17 +36,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import load_line, median, print_table, single_threaded, spread  # noqa: E402
 from modules.detection.cascade import MTCNNDetector  # noqa: E402
+from modules.detection.haar import HaarCascadeMissing, HaarFaceDetector  # noqa: E402
 from modules.nets.mtcnn_pretrained import load_facenet_mtcnn  # noqa: E402
 from tests import facenet_wheel  # noqa: E402
 from tests.face_images import astronaut, astronaut_640x480, face_composite  # noqa: E402
 
 
 def haar_cascade():
-    """OpenCV's frontal-face Haar cascade, or None where this OpenCV lacks it (5.x moved it out)."""
-    path = Path(getattr(getattr(cv2, "data", None), "haarcascades", "")) / "haarcascade_frontalface_default.xml"
-    if not hasattr(cv2, "CascadeClassifier") or not path.is_file():
+    """OpenCV's frontal-face Haar cascade (modules.detection.haar), or None where this OpenCV lacks it."""
+    try:
+        return HaarFaceDetector(min_face=20, min_neighbors=5)
+    except HaarCascadeMissing:
         return None
-    return cv2.CascadeClassifier(str(path))
+
+
+def mining_rows(detector: MTCNNDetector, scenes: int, repeats: int, rows: list, ratios: list) -> None:
+    """Scenes/s of hard-example mining (the stage's crops from the earlier stages' windows, plus random
+    positive/part/landmark crops) for R-Net and O-Net, against cutting P-Net's random crops of the same
+    synthetic scenes (the baseline: no net runs)."""
+    from datamodules.decoding import DecodedSample
+    from datamodules.stage_crops import random_crops
+    from datamodules.synth.scenes import generate_scenes
+    from modules.detection.mining import mined_crops
+
+    samples = [DecodedSample(key, image, ann) for key, image, ann in
+               generate_scenes(scenes, seed=0, width=(320, 480), height=(240, 360), max_faces=8,
+                               face_height=(12.0, 160.0))]
+    random_of = random_crops(12, 0, per_face=4)
+    base = median(timed_passes(lambda: [random_of(i, s) for i, s in enumerate(samples)], repeats)) / scenes
+    rows.append(row("P-Net crops (random, no net) per scene", [base * scenes], scenes, 0))
+    counts = {"negative": 0, "positive": 4, "part": 4, "landmark": 8}
+    for stage in ("rnet", "onet"):
+        mine = mined_crops(detector, stage, max_windows=48, seed=0, random_counts=counts)
+        seconds = median(timed_passes(lambda: [mine(i, s) for i, s in enumerate(samples)], repeats)) / scenes
+        rows.append(row(f"{stage} crops mined, CPU 1 thread, per scene", [seconds * scenes], scenes, 0))
+        ratios.append(f"mining {stage} crops: {1 / seconds:.1f} scenes/s, {seconds / base:.1f}x the time of "
+                      "random P-Net crops")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--facenet-cache", help="where facenet-pytorch's wheel is (or goes) unzipped")
     parser.add_argument("--skip-facenet", action="store_true", help="no facenet-pytorch row")
     parser.add_argument("--gpu-only", action="store_true", help="only the --device cuda rows (no CPU rows)")
+    parser.add_argument("--mining-scenes", type=int, default=16, help="synthetic scenes for the mining rows (0: none)")
     return parser.parse_args(argv)
 
 
@@ -137,13 +165,14 @@ def cpu_rows(args, nets, images, cache, rows: list, ratios: list) -> float:
         def haar_pass():
             haar_found.clear()
             for image in images:
-                grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-                haar_found.append(len(haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))))
+                haar_found.append(len(haar.detect(image)["boxes"]))
 
         haar_times = timed_passes(haar_pass, args.repeats)
         rows.append(row("OpenCV Haar cascade CPU 1 thread", haar_times, len(images), sum(haar_found)))
         ratios.append(f"visage / Haar (CPU, 1 thread): {median(haar_times) / len(images) / ours:.2f}x images/s")
 
+    if args.mining_scenes:
+        mining_rows(detector, args.mining_scenes, args.repeats, rows, ratios)
     for threads in args.threads:
         torch.set_num_threads(threads)
         rows += visage_rows(detector, images, args.repeats, f"CPU {threads} threads", lambda: None)[0]
