@@ -65,9 +65,8 @@ def mining_rows(detector: MTCNNDetector, scenes: int, repeats: int, rows: list, 
     random_of = random_crops(12, 0, per_face=4)
     base = median(timed_passes(lambda: [random_of(i, s) for i, s in enumerate(samples)], repeats)) / scenes
     rows.append(row("P-Net crops (random, no net) per scene", [base * scenes], scenes, 0))
-    counts = {"negative": 0, "positive": 4, "part": 4, "landmark": 8}
     for stage in ("rnet", "onet"):
-        mine = mined_crops(detector, stage, max_windows=48, seed=0, random_counts=counts)
+        mine = mined_crops(detector, stage, max_windows=48, seed=0, per_face=4)
         seconds = median(timed_passes(lambda: [mine(i, s) for i, s in enumerate(samples)], repeats)) / scenes
         rows.append(row(f"{stage} crops mined, CPU 1 thread, per scene", [seconds * scenes], scenes, 0))
         ratios.append(f"mining {stage} crops: {1 / seconds:.1f} scenes/s, {seconds / base:.1f}x the time of "

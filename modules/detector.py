@@ -219,11 +219,9 @@ class FaceDetector(pl.LightningModule):
         if (folder / INDEX_NAME).is_file():
             return
         crops = self.config["data"]["crops"]
-        random_counts = {"negative": 0, "positive": crops["per_face"], "part": crops["per_face"],
-                         "landmark": 2 * crops["per_face"]}
         start, stop = datamodule.mining_chunks()[chunk]
         crops_of = mined_crops(self.detector(), self.stage, crops["max_windows"], self.config["run"]["seed"],
-                               random_counts)
+                               **datamodule.crop_settings())
         write_crop_chunk(datamodule.scene_split_dir(), folder, start, stop, crops_of)
 
     def on_predict_epoch_end(self) -> None:

@@ -3,6 +3,7 @@ stages run over the training scenes; their windows, labelled by IoU with the fac
 stage's crops (their false positives are its hard negatives), together with random positive, part
 and landmark crops of the scene so that every kind is present.
 
+Mined windows are the hard examples; random crops of every kind keep each kind present.
 A chunk of scenes is mined at a time, into its own small split (``datamodules/stage_crops.py``): a
 mining run stopped anywhere redoes one chunk per rank at most, and ranks mine disjoint chunks.
 """
@@ -32,9 +33,11 @@ def join(parts: list[Crops]) -> Crops:
 
 
 def mined_crops(detector: MTCNNDetector, stage: str, max_windows: int, seed: int,
-                random_counts: dict[str, int]) -> Callable[[int, object], Crops]:
+                **sampling) -> Callable[[int, object], Crops]:
     """``crops_of(scene_index, scene)`` for ``stage``: the earlier stages' best ``max_windows`` windows
-    labelled and cut, plus ``random_counts`` random crops per kind."""
+    labelled and cut, plus the scene's random crops of every kind (``sample_crops`` with ``sampling``:
+    per_face, mix): once the earlier stages are good, their windows hold few negatives, and a stage that
+    sees none cannot learn to reject anything."""
     size, through = INPUT_SIZE[stage], proposals_for(stage)
 
     def crops_of(scene_index: int, scene) -> Crops:
@@ -45,7 +48,7 @@ def mined_crops(detector: MTCNNDetector, stage: str, max_windows: int, seed: int
         boxes = windows["boxes"][order].cpu().numpy()
         mined = crops_from_windows(scene.image, boxes, ann["boxes"], ann.get("face_landmarks"), size, ignored)
         extra = sample_crops(scene.image, ann["boxes"], ann.get("face_landmarks"), ignored, size,
-                             crop_rng(seed, scene_index), counts=random_counts)
+                             crop_rng(seed, scene_index), **sampling)
         return join([mined, extra])
 
     return crops_of
