@@ -112,11 +112,17 @@ class TrainerConfig:
 
 @dataclass
 class LoggingConfig:
-    wandb: str = "offline"              # offline | online | disabled
+    wandb: str = "offline"              # offline | online (after `wandb login` or WANDB_API_KEY) | disabled
     project: str = "visage"
     entity: Optional[str] = None
+    name: Optional[str] = None          # dashboard run name; default: <run.name>/<run directory>
+    group: Optional[str] = None         # dashboard group; default: the sweep (SLURM array), else the training run
+    tags: list[str] = field(default_factory=list)
+    notes: Optional[str] = None
     pictures: bool = True               # PNG + dashboard pictures at each validation
     picture_samples: int = 16
+    progress_every_n_steps: int = 50    # a plain progress line every N steps (stdout when it is not a terminal,
+                                        # and <run>/train.log); 0: none
 
 
 # 'from' is a Python keyword, so this section is a checked dict rather than a dataclass
@@ -142,6 +148,7 @@ class ExperimentConfig:
         check_shard_data(cfg)
         check_finetune(cfg)
         one_of(cfg.logging.wandb, "logging.wandb", ("offline", "online", "disabled"))
+        at_least(cfg.logging.progress_every_n_steps, "logging.progress_every_n_steps", 0)
         one_of(cfg.optim.name, "optim.name", ("adam", "adamw", "sgd"))
         one_of(cfg.optim.scheduler, "optim.scheduler", ("none", "cosine", "warmup_poly"))
         positive(cfg, "optim.lr")

@@ -13,13 +13,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
 from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
-from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
+from trainers.curves import CurvesAtEnd
+from trainers.dashboard import DashboardSummary, dashboard_logger
+from trainers.progress import progress_callbacks
+from trainers.run_dir import RUN_DIR_ENV, resolve_run_dir, slurm_run_suffix
 from trainers.tasks import load, task
 
 log = logging.getLogger("visage")
@@ -104,17 +107,10 @@ def csv_version(run_dir: Path) -> str:
     return next(f"csv-{k}" for k in range(1, 10_000) if f"csv-{k}" not in taken)
 
 
-def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+def _loggers(cfg: DictConfig, run_dir: Path, stage: str, checkpoint: str | None) -> list:
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_version(run_dir))]
-    mode = cfg.logging.wandb
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        log.warning("logging.wandb=online but WANDB_API_KEY is not set: logging offline instead")
-        mode = "offline"
-    if mode != "disabled":
-        loggers.append(WandbLogger(save_dir=str(run_dir), project=cfg.logging.project, entity=cfg.logging.entity,
-                                   name=f"{cfg.run.name}/{run_dir.name}", id=dashboard_run_id(run_dir),
-                                   mode=mode, config=to_plain(cfg)))
-    return loggers
+    dashboard = dashboard_logger(cfg, run_dir, stage, checkpoint, is_launcher_or_rank_zero())
+    return loggers + ([dashboard] if dashboard is not None else [])
 
 
 @dataclass
@@ -129,7 +125,11 @@ class Run:
     resume_from: str | None
 
 
-def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, extra_callbacks=()) -> Run:
+def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, extra_callbacks=(),
+              stage: str = "fit") -> Run:
+    """``stage``: fit, or the evaluation (validate, test, predict) of the checkpoint ``resume_from``:
+    an evaluation writes no checkpoints and gets a dashboard run of its own, grouped with the
+    checkpoint's training run."""
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
     config = to_plain(cfg)
     module = build_module(config)
@@ -141,8 +141,14 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     # replaced at every validation (no -v1 copies when a resumed run writes into the same folder)
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
                            enable_version_counter=False)
-    metrics = ValidationMetricsToDict()
-    callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
+    metrics = ValidationMetricsToDict(module.monitor)
+    progress, bar = progress_callbacks(run_dir, cfg.logging.progress_every_n_steps, metrics,
+                                       cfg.trainer.enable_progress_bar)
+    fitting = stage == "fit"
+    # an evaluation saves no checkpoints; with checkpoint callbacks, loading the evaluated checkpoint
+    # would warn (twice) that their folder differs from the one it was trained in
+    for_fit = [checkpoint, last, LearningRateMonitor(logging_interval="step"), CurvesAtEnd(run_dir, metric)]
+    callbacks = [*(for_fit if fitting else []), metrics, *progress, BadDataReport(), DashboardSummary(metrics),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
                  RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
     t = cfg.trainer
@@ -153,10 +159,10 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
         gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
         val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps, sync_batchnorm=t.sync_batchnorm,
-        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic, enable_progress_bar=bar, enable_checkpointing=fitting,
         limit_val_batches=t.limit_val_batches, fast_dev_run=t.fast_dev_run, default_root_dir=str(run_dir),
         use_distributed_sampler=False,
-        logger=_loggers(cfg, run_dir), callbacks=callbacks)
+        logger=_loggers(cfg, run_dir, stage, resume_from), callbacks=callbacks)
     return Run(cfg, run_dir, module, datamodule, trainer, checkpoint, metrics, resume_from)
 
 

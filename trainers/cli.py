@@ -1,4 +1,4 @@
-"""The `visage` command: fit | validate | test | predict | data | submit | export."""
+"""The `visage` command: fit | validate | test | predict | data | submit | export | compare."""
 from __future__ import annotations
 
 import argparse
@@ -92,7 +92,9 @@ def cmd_fit(args) -> int:
         print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
               f"run.resume={run_dir / 'checkpoints' / 'last.ckpt'} (under SLURM: scontrol requeue)", file=sys.stderr)
         return 3
-    final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    # validate the final weights, unless fit's last validation already did (it would be logged twice)
+    validated_last = run.metrics.metrics and run.metrics.step == run.trainer.global_step
+    final = None if validated_last else run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     if run.trainer.is_global_zero:
         metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
         path = write_metrics(run, metrics)
@@ -120,7 +122,7 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"--ckpt: checkpoint {ckpt} does not exist")
     run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id or f"{args.command}")
     prepare_run_dir(cfg, run_dir)
-    run = build_run(cfg, run_dir)
+    run = build_run(cfg, run_dir, ckpt, stage=args.command)
     run.datamodule.prepare_data()
     trainer = run.trainer
     if args.command == "predict":
@@ -179,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainers.export import add_export_parser  # noqa: PLC0415
 
     add_export_parser(sub)
+    from trainers.compare import add_compare_parser  # noqa: PLC0415
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -192,14 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     launcher_run_dir = os.environ.get(RUN_DIR_ENV)
+    code = 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return code
     except VisageError as err:  # errors with a clear message of their own: no traceback noise
         kind = "config error" if isinstance(err, ConfigError) else "error"
         print(f"visage: {kind}: {err}", file=sys.stderr)
-        return err.exit_code
+        code = err.exit_code
+        return code
+    except SystemExit as exit_:  # a requeue or SIGTERM leaves through SystemExit
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        raise
     finally:  # the run directory chosen for this command's ranks must not leak into a later command
         _restore_env(RUN_DIR_ENV, launcher_run_dir)
+        if "wandb" in sys.modules:
+            from trainers.dashboard import finish_dashboard_run  # noqa: PLC0415
+
+            finish_dashboard_run(code)
 
 
 def _restore_env(name: str, value: str | None) -> None:
