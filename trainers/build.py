@@ -5,6 +5,7 @@ import atexit
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -145,8 +146,12 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     progress, bar = progress_callbacks(run_dir, cfg.logging.progress_every_n_steps, metrics,
                                        cfg.trainer.enable_progress_bar)
     fitting = stage == "fit"
-    # an evaluation saves no checkpoints; with checkpoint callbacks, loading the evaluated checkpoint
-    # would warn (twice) that their folder differs from the one it was trained in
+    # An evaluation saves no checkpoints: with checkpoint callbacks, loading the evaluated checkpoint
+    # warned (twice) that their folder differs from the one it was trained in. Without them Lightning
+    # asks for "the callbacks used to create the checkpoint": their state (best paths, fine-tuning
+    # phase) is of no use to an evaluation, so in an evaluation's process that request is noise.
+    if not fitting:
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
     for_fit = [checkpoint, last, LearningRateMonitor(logging_interval="step"), CurvesAtEnd(run_dir, metric)]
     callbacks = [*(for_fit if fitting else []), metrics, *progress, BadDataReport(), DashboardSummary(metrics),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),

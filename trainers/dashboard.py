@@ -9,7 +9,7 @@
   ``wandb login`` wrote to ``~/.netrc`` or ``$NETRC``); with none, the run logs offline and says so.
 - The config goes to ``wandb.init`` once (Lightning would log the module's hyper-parameters, the same
   config nested under ``config``, a second time).
-- ``best/<monitored metric>`` and ``best/step`` in the run's summary, beside the last value.
+- ``best/<monitored metric>`` and ``best/global_step`` in the run's summary, beside the last value.
 """
 from __future__ import annotations
 
@@ -121,8 +121,10 @@ def dashboard_logger(cfg: DictConfig, run_dir: Path, stage: str = "fit", checkpo
 
 
 class DashboardSummary(pl.Callback):
-    """After each validation of a fit: ``best/<metric>`` and ``best/step`` of the task's monitored
-    metric in the dashboard run's summary (which keeps the last value of every metric itself)."""
+    """After each validation of a fit: ``best/<metric>`` and ``best/global_step`` of the task's
+    monitored metric in the dashboard run's summary (which keeps the last value of every metric
+    itself). The step is the global step, as in the best checkpoint's name (``best-step<N>.ckpt``);
+    the charts show that validation at N - 1 (modules/picture_log.py)."""
 
     def __init__(self, validations: ValidationMetricsToDict):
         self.validations = validations
@@ -136,7 +138,7 @@ class DashboardSummary(pl.Callback):
             return
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update({f"best/{self.validations.metric}": best[0], "best/step": best[1]})
+                logger.experiment.summary.update({f"best/{self.validations.metric}": best[0], "best/global_step": best[1]})
 
 
 def finish_dashboard_run(exit_code: int) -> None:
