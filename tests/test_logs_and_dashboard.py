@@ -117,7 +117,10 @@ def test_one_dashboard_run_per_training_run_across_a_requeue(job):
 
 @pytest.mark.slow
 def test_each_validate_is_a_dashboard_run_of_its_own_grouped_with_its_training_run(job):
-    run_dir, _, _, _ = job
+    run_dir, _, _, validate_results = job
+    for result in validate_results:  # one line, the checkpoint metric first, no step of its own
+        (line,) = lines_of(result.stdout)
+        assert re.match(rf"{STAMP} validation val/accuracy={NUMBER} val/", line)
     training = offline_runs(run_dir)[0]
     evaluations = offline_runs(run_dir.parent / "validate")
     assert len(evaluations) == 2

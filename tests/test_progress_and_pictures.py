@@ -186,3 +186,72 @@ def test_chart_ticks_and_an_empty_chart():
     assert nice_ticks(0, 3, integer=True) == [0, 1, 2, 3]
     empty = line_chart({}, title="nothing")
     assert empty.shape == (420, 640, 3)
+
+
+class _SlowData:
+    """A map-style dataset whose every item takes ``delay`` seconds to load."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def __len__(self) -> int:
+        return 48
+
+    def __getitem__(self, index: int):
+        import time  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+
+        time.sleep(self.delay)
+        return {"image": torch.zeros(4), "label": index}
+
+
+def progress_of(tmp_path, load_s: float, step_s: float) -> list[str]:
+    """The progress lines of 12 steps of 4 samples, loading taking load_s per sample, a step step_s."""
+    import time  # noqa: PLC0415
+
+    import pytorch_lightning as pl  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from trainers.callbacks import ValidationMetricsToDict  # noqa: PLC0415
+    from trainers.progress import ProgressLines  # noqa: PLC0415
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(step_s)
+            loss = self.layer(batch["image"]).pow(2).mean() + 1.0
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    log = tmp_path / f"train-{load_s}-{step_s}.log"
+    lines = ProgressLines(log, 4, ValidationMetricsToDict(("val/x", "max")), to_stdout=False)
+    trainer = pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[lines], accelerator="cpu")
+    loader = torch.utils.data.DataLoader(_SlowData(load_s), batch_size=4)
+    trainer.fit(Module(), train_dataloaders=loader)
+    return log.read_text().splitlines()
+
+
+def field(line: str, name: str) -> str:
+    return line.split(f" {name}=")[1].split()[0]
+
+
+def test_data_wait_and_samples_per_second_measure_the_loader_and_the_step(tmp_path):
+    """Loading 4 samples takes 0.2 s and a step 0.02 s: most of the time is waiting for data; the
+    other way round little is. Either way about 4 samples per 0.22 s."""
+    waiting = progress_of(tmp_path, load_s=0.05, step_s=0.02)
+    working = progress_of(tmp_path, load_s=0.005, step_s=0.2)
+    for lines in (waiting, working):
+        assert [field(line, "step") for line in lines[1:]] == ["4/12", "8/12", "12/12"]
+        assert float(field(lines[-1], "train/loss")) >= 1.0 and field(lines[-1], "lr") == "5.00e-01"
+        # generous bounds: a loaded machine only slows things down
+        assert 4 / 0.22 / 3 < float(field(lines[-1], "samples/s")) < 4 / 0.22 * 1.2
+    assert all(int(field(line, "data_wait").rstrip("%")) >= 60 for line in waiting[2:])
+    assert all(int(field(line, "data_wait").rstrip("%")) <= 30 for line in working[2:])
+    assert field(waiting[-1], "eta") == "0:00:00"

@@ -170,7 +170,9 @@ class ProgressLines(pl.Callback):
         metrics = scalar_metrics(trainer.callback_metrics, prefix)
         if not metrics:
             return
-        parts = [kind, f"epoch={trainer.current_epoch}", f"step={trainer.global_step}"]
+        parts = [kind]
+        if trainer.state.fn == "fit":  # an evaluation of a checkpoint has no step of its own
+            parts += [f"epoch={trainer.current_epoch}", f"step={trainer.global_step}"]
         tracker = self.validations
         tracker.update(trainer)
         monitored = prefix + tracker.metric.split("/", 1)[-1] if tracker.metric else None
