@@ -48,3 +48,9 @@ def test_training_overhead_benchmark_runs_both_loops():
     rows = [line.split() for line in out.splitlines() if line.startswith(("raw ", "lightning "))]
     assert [row[0] for row in rows if row[1][0].isdigit()] == ["raw", "lightning"]  # the table's two rows
     assert "lightning / raw (goal <= 1.05)" in out
+
+
+def test_metrics_against_torchmetrics_benchmark_runs():
+    out = _run("bench_metrics_vs_torchmetrics.py", "--pairs", "2000", "--queries", "60", "--repeats", "1")
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith(("ROC ", "AUC ", "retrieval "))]
+    assert rows == ["ROC", "AUC", "retrieval"] and out.count("x ") >= 3
