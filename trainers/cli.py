@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from configs.errors import VisageError
-from configs.schema import ConfigError
+from configs.schema import ConfigError, to_plain
 from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 
@@ -62,9 +62,9 @@ def _check_freeze_paths(cfg, module) -> None:
 def _load_finetune_weights(cfg, run) -> None:
     if not cfg.finetune["from"] or run.resume_from:
         return
-    from trainers.finetune import load_pretrained  # noqa: PLC0415
+    from trainers.finetune_guard import load_finetune_weights  # noqa: PLC0415
 
-    report = load_pretrained(run.module, cfg.finetune["from"], dict(cfg.finetune["prefix_map"]) or None)
+    report = load_finetune_weights(run.module, to_plain(cfg))  # ConfigError when too little of it fits
     if run.trainer.is_global_zero:
         print(report.format(), flush=True)
         (run.run_dir / "finetune_report.txt").write_text(report.format())
@@ -84,9 +84,9 @@ def cmd_fit(args) -> int:
     prepare_run_dir(cfg, run_dir)
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
     _check_freeze_paths(cfg, run.module)
+    _load_finetune_weights(cfg, run)  # weights that do not fit stop the run before any data is made
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
-    _load_finetune_weights(cfg, run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
     if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
         print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
