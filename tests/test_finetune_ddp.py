@@ -23,6 +23,8 @@ import torch
 from tests.conftest import REPO, write_identity_split
 from trainers.cli import main as visage
 
+pytestmark = pytest.mark.ddp
+
 TINY_DATA = ["data.synthetic=null", "data.num_workers=0", "data.batch_size=8", "data.val_pairs=40",
              "logging.wandb=disabled", "logging.pictures=false", "trainer.max_epochs=2", "trainer.devices=2",
              "trainer.enable_progress_bar=false"]

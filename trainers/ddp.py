@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 log = logging.getLogger("visage")
 
 
-def parameters_ddp_averages(module: torch.nn.Module) -> tuple[str, ...]:
-    """Names of the parameters that DDP built on ``module`` now would average (trainable, not ignored)."""
+def parameters_ddp_would_average(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, parameter)`` of every parameter DDP built on ``module`` takes charge of (those not ignored)."""
     ignored = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
-    return tuple(name for name, param in module.named_parameters() if param.requires_grad and name not in ignored)
+    return [(name, param) for name, param in module.named_parameters() if name not in ignored]
 
 
 class FreezeAwareDDPStrategy(DDPStrategy):
@@ -40,29 +40,30 @@ class FreezeAwareDDPStrategy(DDPStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._wrapped_for: tuple[str, ...] | None = None
+        self._candidates: list[tuple[str, torch.nn.Parameter]] = []
+        self._wrapped_for: tuple[bool, ...] | None = None  # requires_grad of each candidate when wrapped
 
     def configure_ddp(self) -> None:
+        self._candidates = parameters_ddp_would_average(self.lightning_module)  # fixed once the model is built
         self._wrapped_for = None
         self._wrap_for_trainable_parameters()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._wrap_for_trainable_parameters()
+        self._wrap_for_trainable_parameters()  # a few microseconds: one flag per parameter tensor
         super().on_train_batch_start(batch, batch_idx)
 
     def _wrap_for_trainable_parameters(self) -> None:
-        module = self.lightning_module
-        averaged = parameters_ddp_averages(module)
-        if averaged == self._wrapped_for:
+        trainable = tuple(param.requires_grad for _, param in self._candidates)
+        if trainable == self._wrapped_for:
             return
-        previous = self.model
+        module, previous = self.lightning_module, self.model
         if isinstance(previous, DistributedDataParallel):
             previous._remove_autograd_hooks()  # the old wrapper must not reduce these gradients again
         if self._wrapped_for is not None and self.global_rank == 0:
-            log.info("DDP now averages the gradients of %d parameter tensors (was %d)", len(averaged),
-                     len(self._wrapped_for))
-        self._wrapped_for = averaged
-        if averaged:
+            log.info("DDP now averages the gradients of %d parameter tensors (was %d)", sum(trainable),
+                     sum(self._wrapped_for))
+        self._wrapped_for = trainable
+        if any(trainable):
             self.model = self._setup_model(module)  # broadcasts rank 0's weights, as at the start
             self._register_ddp_hooks()
         else:  # nothing for DDP to average: every rank starts from rank 0's weights all the same

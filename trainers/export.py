@@ -43,6 +43,10 @@ class ExportError(VisageError, ValueError):
     exit_code = 2
 
 
+class ExportFailed(VisageError, RuntimeError):
+    """The network could not be written in the format, or the file does not reproduce its outputs."""
+
+
 def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise ExportError(f"checkpoint {path} does not exist")
@@ -96,6 +100,16 @@ def default_out(checkpoint_path: Path, fmt: str) -> Path:
 
 def write(network: torch.nn.Module, example: torch.Tensor, fmt: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise ExportError("--format onnx needs the onnx package: pip install 'visage[onnx]' (or pip install onnx)")
+    try:
+        _write(network, example, fmt, out)
+    except Exception as err:  # an operator the tracer or the ONNX exporter cannot take
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportFailed(f"writing {out} as {fmt} failed: {first}") from None
+
+
+def _write(network: torch.nn.Module, example: torch.Tensor, fmt: str, out: Path) -> None:
     if fmt == "state_dict":
         torch.save({key: value.detach().clone().contiguous() for key, value in network.state_dict().items()}, out)
     elif fmt == "torchscript":
@@ -104,8 +118,6 @@ def write(network: torch.nn.Module, example: torch.Tensor, fmt: str, out: Path) 
             traced = torch.jit.trace(network, example)
         torch.jit.save(traced, str(out))
     else:
-        if importlib.util.find_spec("onnx") is None:
-            raise ExportError("--format onnx needs the onnx package: pip install 'visage[onnx]' (or pip install onnx)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its successor
             torch.onnx.export(network, (example,), str(out), dynamo=False, input_names=["images"],
@@ -148,7 +160,7 @@ def export(checkpoint_path: str | Path, fmt: str = "state_dict", out: str | Path
     if exported is not None:
         difference = float((exported - reference).abs().max())
         if difference > TOLERANCE * max(1.0, float(reference.abs().max())):
-            raise ExportError(f"{out}: the exported network's outputs differ from the checkpoint's by {difference:.3g}")
+            raise ExportFailed(f"{out}: the exported network's outputs differ from the checkpoint's by {difference:.3g}")
         checked = f"outputs equal the checkpoint's on a batch of {len(spec.example)} (max difference {difference:.1e})"
     tensors = network.state_dict().values()
     print(f"exported {spec.attribute} ({config['model'].get('backbone', '?')}) of {checkpoint_path} "
