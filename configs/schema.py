@@ -97,9 +97,12 @@ class LoggingConfig:
 
 
 # 'from' is a Python keyword, so this section is a checked dict rather than a dataclass
-FINETUNE_DEFAULTS = {"from": None, "prefix_map": {}, "freeze": [], "unfreeze_at_epoch": None, "lr_factor": 0.1}
+# min_loaded: the fraction of the embedding network's tensors that finetune.from must fill (0 loaded
+# is always an error): weights that do not fit stop the run instead of training from scratch
+FINETUNE_DEFAULTS = {"from": None, "prefix_map": {}, "freeze": [], "unfreeze_at_epoch": None, "lr_factor": 0.1,
+                     "min_loaded": 0.5}
 FINETUNE_TYPES = {"from": (str, type(None)), "prefix_map": (dict, DictConfig), "freeze": (list, tuple),
-                  "unfreeze_at_epoch": (int, type(None)), "lr_factor": (int, float)}
+                  "unfreeze_at_epoch": (int, type(None)), "lr_factor": (int, float), "min_loaded": (int, float)}
 
 
 @dataclass
@@ -163,6 +166,8 @@ def check_finetune(cfg: DictConfig) -> None:
         value = plain[key]
         if not isinstance(value, types) or isinstance(value, bool):
             raise ConfigError(f"finetune.{key}: wrong type {type(value).__name__} ({value!r})")
+    if not 0 <= plain["min_loaded"] <= 1:
+        raise ConfigError(f"finetune.min_loaded: a fraction in [0, 1], got {plain['min_loaded']}")
     if plain["from"] is not None and not Path(plain["from"]).is_file():
         raise ConfigError(f"finetune.from: checkpoint {plain['from']} does not exist")
 

@@ -14,10 +14,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.strategies import DDPStrategy
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
+from trainers.ddp import FreezeAwareDDPStrategy
 from trainers.lightning_trainer import make_trainer
 from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
 from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
@@ -92,8 +92,9 @@ def _strategy(trainer: DictConfig):
         return "auto"
     backend = "gloo" if trainer.accelerator == "cpu" else None
     start = "spawn" if trainer.strategy == "ddp_spawn" else "popen"
-    return DDPStrategy(start_method=start, process_group_backend=backend,
-                       timeout=timedelta(seconds=trainer.ddp_timeout_s))
+    # DDP for the parameters that train now: none with a frozen backbone, more after an unfreeze
+    return FreezeAwareDDPStrategy(start_method=start, process_group_backend=backend,
+                                  timeout=timedelta(seconds=trainer.ddp_timeout_s))
 
 
 def csv_version(run_dir: Path) -> str:

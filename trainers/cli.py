@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from configs.errors import VisageError
-from configs.schema import ConfigError
+from configs.schema import ConfigError, to_plain
 from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 
@@ -58,13 +58,18 @@ def _check_freeze_paths(cfg, module) -> None:
             raise ConfigError(f"finetune.freeze: {err}") from None
 
 
-def _load_finetune_weights(cfg, run) -> None:
+def _load_finetune_weights(cfg, run):
+    """The ``finetune.from`` weights loaded into the module (ConfigError when too little of them fits);
+    the report, or None when nothing was asked for."""
     if not cfg.finetune["from"] or run.resume_from:
-        return
-    from trainers.finetune import load_pretrained  # noqa: PLC0415
+        return None
+    from trainers.finetune_guard import load_finetune_weights  # noqa: PLC0415
 
-    report = load_pretrained(run.module, cfg.finetune["from"], dict(cfg.finetune["prefix_map"]) or None)
-    if run.trainer.is_global_zero:
+    return load_finetune_weights(run.module, to_plain(cfg))
+
+
+def _write_finetune_report(run, report) -> None:
+    if report is not None and run.trainer.is_global_zero:
         print(report.format(), flush=True)
         (run.run_dir / "finetune_report.txt").write_text(report.format())
 
@@ -83,10 +88,11 @@ def cmd_fit(args) -> int:
     # built before anything is written: Lightning's refusal of a trainer setting leaves no run directory
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
     _check_freeze_paths(cfg, run.module)
+    report = _load_finetune_weights(cfg, run)  # weights that do not fit stop the run before anything is made
     prepare_run_dir(cfg, run_dir)
+    _write_finetune_report(run, report)
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
-    _load_finetune_weights(cfg, run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
     if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
         print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
