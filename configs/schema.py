@@ -16,6 +16,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from configs.errors import ParameterError, VisageError
+from configs.trainer_settings import TrainerConfig, check_trainer_settings
 
 
 class ConfigError(VisageError, ValueError):
@@ -87,30 +88,6 @@ class OptimConfig:
 
 
 @dataclass
-class TrainerConfig:
-    accelerator: str = "auto"           # cpu | gpu | auto
-    devices: Any = 1                    # int, list of ids or "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"              # auto | ddp | ddp_spawn
-    precision: str = "32-true"          # 32-true | bf16-mixed | 16-mixed
-    max_epochs: Optional[int] = 10
-    max_steps: int = -1
-    max_time: Optional[str] = None      # "DD:HH:MM:SS": stop (and checkpoint) after this long
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
-    check_val_every_n_epoch: int = 1
-    val_check_interval: Optional[int] = None  # validate every N training batches instead
-    log_every_n_steps: int = 10
-    num_sanity_val_steps: int = 0
-    ddp_timeout_s: int = 600            # a hung collective becomes an error after this long
-    sync_batchnorm: bool = False
-    deterministic: bool = False
-    enable_progress_bar: bool = True
-    limit_val_batches: Optional[float] = None
-    fast_dev_run: Any = False           # True or N: run N training and validation batches, no checkpoints
-
-
-@dataclass
 class LoggingConfig:
     wandb: str = "offline"              # offline | online (after `wandb login` or WANDB_API_KEY) | disabled
     project: str = "visage"
@@ -126,9 +103,12 @@ class LoggingConfig:
 
 
 # 'from' is a Python keyword, so this section is a checked dict rather than a dataclass
-FINETUNE_DEFAULTS = {"from": None, "prefix_map": {}, "freeze": [], "unfreeze_at_epoch": None, "lr_factor": 0.1}
+# min_loaded: the fraction of the embedding network's tensors that finetune.from must fill (0 loaded
+# is always an error): weights that do not fit stop the run instead of training from scratch
+FINETUNE_DEFAULTS = {"from": None, "prefix_map": {}, "freeze": [], "unfreeze_at_epoch": None, "lr_factor": 0.1,
+                     "min_loaded": 0.5}
 FINETUNE_TYPES = {"from": (str, type(None)), "prefix_map": (dict, DictConfig), "freeze": (list, tuple),
-                  "unfreeze_at_epoch": (int, type(None)), "lr_factor": (int, float)}
+                  "unfreeze_at_epoch": (int, type(None)), "lr_factor": (int, float), "min_loaded": (int, float)}
 
 
 @dataclass
@@ -152,21 +132,14 @@ class ExperimentConfig:
         one_of(cfg.optim.name, "optim.name", ("adam", "adamw", "sgd"))
         one_of(cfg.optim.scheduler, "optim.scheduler", ("none", "cosine", "warmup_poly"))
         positive(cfg, "optim.lr")
+        at_least(cfg.optim.warmup_steps, "optim.warmup_steps", 0)
+        at_least(cfg.optim.weight_decay, "optim.weight_decay", 0)
         if cfg.run.resume not in (None, "auto") and not Path(cfg.run.resume).is_file():
             raise ConfigError(f"run.resume: checkpoint {cfg.run.resume} does not exist")
 
 
 def check_trainer(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    one_of(t.accelerator, "trainer.accelerator", ("cpu", "gpu", "cuda", "auto"))
-    one_of(t.strategy, "trainer.strategy", ("auto", "ddp", "ddp_spawn"))
-    one_of(t.precision, "trainer.precision", ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"))
-    positive(cfg, "trainer.num_nodes", "trainer.accumulate_grad_batches")
-    devices = t.devices
-    if not (devices == "auto" or (isinstance(devices, int) and devices > 0) or OmegaConf.is_list(devices)):
-        raise ConfigError(f"trainer.devices: expected a positive integer, a list of ids or 'auto', got {devices!r}")
-    if t.max_epochs is None and t.max_steps < 0:
-        raise ConfigError("trainer.max_steps: set max_steps or max_epochs, or training never ends")
+    rule("trainer", check_trainer_settings, OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def check_shard_data(cfg: DictConfig) -> None:
@@ -174,6 +147,7 @@ def check_shard_data(cfg: DictConfig) -> None:
     data = cfg.data
     positive(cfg, "data.batch_size", "data.image_size", "data.val_batch_size", "data.batches_per_epoch")
     at_least(data.num_workers, "data.num_workers", 0)
+    at_least(data.shuffle_buffer, "data.shuffle_buffer", 0)
     synthetic = OmegaConf.select(cfg, "data.synthetic")
     if data.root is None and synthetic is None:
         raise ConfigError("data.root: no dataset given; set data.root to a shard folder or data.synthetic")
@@ -199,6 +173,8 @@ def check_finetune(cfg: DictConfig) -> None:
         value = plain[key]
         if not isinstance(value, types) or isinstance(value, bool):
             raise ConfigError(f"finetune.{key}: wrong type {type(value).__name__} ({value!r})")
+    if not 0 <= plain["min_loaded"] <= 1:
+        raise ConfigError(f"finetune.min_loaded: a fraction in [0, 1], got {plain['min_loaded']}")
     if plain["from"] is not None and not Path(plain["from"]).is_file():
         raise ConfigError(f"finetune.from: checkpoint {plain['from']} does not exist")
 

@@ -62,6 +62,7 @@ def check_pk(p: int, k: int, batch_size: int | None = None) -> None:
 def check_face_data(cfg: DictConfig) -> None:
     data = cfg.data
     one_of(data.sampler.kind, "data.sampler.kind", SAMPLER_KINDS)
+    positive(cfg, "data.sampler.pool_size")
     if data.sampler.kind == "pk":
         rule("data.sampler", check_pk, data.sampler.p, data.sampler.k)
         rule("data.batch_size", check_pk, data.sampler.p, data.sampler.k, data.batch_size)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from omegaconf import OmegaConf
+
 from configs.errors import VisageError
 from slurm.profile import load_profile
 from slurm.render import render_script
-from slurm.submit import plan_job, submit
+from slurm.submit import plan_job, submit, task_configs
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,8 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run a job array, one task per value (repeat for a grid); "
                              "each task gets its own run directory slurm-<array job>_<task>")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config each task of the job will run with, submit nothing")
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -35,6 +39,9 @@ def run_submit(args: argparse.Namespace) -> int:
         profile = load_profile(args.cluster)
         spec = plan_job(args.config, args.overrides, profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                         time=args.time, partition=args.partition, account=args.account, sweep=args.sweep)
+        if args.print_config:
+            print("---\n".join(OmegaConf.to_yaml(cfg, resolve=True) for cfg in task_configs(spec)), end="")
+            return 0
         if args.dry_run:
             print(render_script(spec), end="")
             return 0

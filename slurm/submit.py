@@ -92,6 +92,7 @@ def plan_job(config: str, overrides: Sequence[str], profile: ClusterProfile, *, 
     workdir = Path(workdir or os.getcwd()).resolve()
     overrides = tuple(overrides)
     base = load_config(config, list(overrides))  # a bad config stops here, before any sizing
+    check_accelerator(base.trainer.accelerator, profile)
     nodes = base.trainer.num_nodes if nodes is None else nodes
     if nodes < 1:
         raise SubmitError(f"--nodes: must be >= 1, got {nodes}")
@@ -108,10 +109,26 @@ def plan_job(config: str, overrides: Sequence[str], profile: ClusterProfile, *, 
                    time=time or profile.time, job_name=job_name_for(str(base.run.name)),
                    run_parent=(workdir / root / str(base.run.name)), run_id=base.run.id or None,
                    workdir=workdir, profile=profile, partition=partition, account=account)
-    for task in tasks or [()]:  # validate exactly what each task will run
-        load_config(config, [*overrides, *task, *trainer_overrides(spec)])
+    task_configs(spec)  # validate exactly what each task will run
     render_script(spec)  # refuses unsafe #SBATCH values now, not after the config checks
     return spec
+
+
+def check_accelerator(accelerator: str, profile: ClusterProfile) -> None:
+    """A config that asks for GPUs cannot run on a CPU profile's nodes, nor the CPU on a GPU profile's
+    (whose job would hold GPUs it never uses); ``auto`` takes the profile's."""
+    kind = "gpu" if accelerator in ("gpu", "cuda") else accelerator
+    if kind != "auto" and kind != profile.accelerator:
+        raise SubmitError(f"trainer.accelerator: {accelerator}, but the cluster profile {profile.name!r} runs on "
+                          f"{profile.accelerator} nodes; leave trainer.accelerator at auto (the job takes the "
+                          f"profile's) or use a {kind} profile")
+
+
+def task_configs(spec: JobSpec):
+    """The checked config of every task of the job, as the job will load it (the overrides, the swept
+    values, then the allocation's trainer settings)."""
+    return [load_config(spec.config, [*spec.overrides, *task, *trainer_overrides(spec)])
+            for task in spec.sweep or [()]]
 
 
 def run_dirs_for(spec: JobSpec, job_id: str) -> list[Path]:

@@ -68,6 +68,7 @@ def test_sweep_tasks_share_a_group_and_evaluations_join_their_training_run(tmp_p
     assert default_group(cfg(), "fit", None, {}) is None  # a training run is its own group
     trained = tmp_path / "embedder-triplet" / "slurm-500_3"
     training = dashboard_run(trained, "embedder-triplet-sweep-500")
+    (trained / "config.yaml").write_text("task: embedder\n")
     for checkpoint in (trained / "checkpoints" / "last.ckpt", trained / "hpc_ckpt_2.ckpt"):
         assert default_group(cfg(), "validate", str(checkpoint), {}) == training.group
     untracked = tmp_path / "embedder-triplet" / "local-4" / "checkpoints" / "last.ckpt"  # trained without wandb

@@ -108,7 +108,7 @@ def test_predict_writes_the_split_embeddings_in_order_on_one_and_on_two_ranks(dd
     checkpoint, root = run_dir / "checkpoints" / "last.ckpt", run_dir.parent.parent
     assert visage(["predict", EXPERIMENT, *fast(root), "trainer.devices=1", "trainer.strategy=auto",
                    "run.id=predict-one", "--ckpt", str(checkpoint)]) == 0
-    one = torch.load(root / "embedder-triplet" / "predict-one" / "predictions.pt", weights_only=True)
+    one = torch.load(run_dir / "predict-one" / "predictions.pt", weights_only=True)
     cache = next(Path(os.environ["VISAGE_CACHE"]).glob("synth-faces-i40-v12-k6-s32-*"))
     expected, labels, keys = embeddings_by_hand(checkpoint, cache / "val")
     assert one["split"] == "val" and one["key"] == keys and one["label"].tolist() == labels
@@ -120,7 +120,7 @@ def test_predict_writes_the_split_embeddings_in_order_on_one_and_on_two_ranks(dd
            "--ckpt", str(checkpoint)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    two = torch.load(root / "embedder-triplet" / "predict-two" / "predictions.pt", weights_only=True)
+    two = torch.load(run_dir / "predict-two" / "predictions.pt", weights_only=True)
     assert two["key"] == keys and two["label"].tolist() == labels
     torch.testing.assert_close(two["embedding"], one["embedding"], rtol=1e-5, atol=1e-5)
 

@@ -3,7 +3,8 @@ terminal, and real offline wandb runs read back from their files.
 
 One small job, run as SLURM would run it (stdout a pipe, ``SLURM_JOB_ID`` naming the run
 directory, wandb offline): a fit of 2 epochs x 4 steps, the same job "requeued" to 3 epochs
-(``run.resume=auto`` resumes it in the same directory), then two ``validate`` of its last checkpoint.
+(``run.resume=auto`` resumes it in the same directory), then two ``validate`` of its last checkpoint
+(each in a folder of its own, ``<run>/validate-N``).
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def test_each_validate_is_a_dashboard_run_of_its_own_grouped_with_its_training_r
         (line,) = lines_of(result.stdout)
         assert re.match(rf"{STAMP} validation val/accuracy={NUMBER} val/", line)
     training = offline_runs(run_dir)[0]
-    evaluations = offline_runs(run_dir.parent / "validate")
+    evaluations = [run for folder in sorted(run_dir.glob("validate-*")) for run in offline_runs(folder)]
     assert len(evaluations) == 2
     ids = {run.run_id for run in evaluations}
     assert len(ids) == 2 and training.run_id not in ids

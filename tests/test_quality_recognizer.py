@@ -30,7 +30,7 @@ def test_arcface_partial_fc_verifies_unseen_synthetic_identities(tmp_path):
     common = [f"data.root={faces}", "data.synthetic=null", "data.image_size=32", "model.partial_fc.sample_rate=0.5",
               "logging.wandb=disabled", "trainer.enable_progress_bar=false", f"run.root={tmp_path}"]
     _visage("validate", EXPERIMENT, *common, "trainer.devices=1", "trainer.strategy=auto", "run.id=untrained")
-    untrained = json.loads((tmp_path / "recognizer-arcface" / "untrained" / "validate_metrics.json").read_text())
+    untrained = json.loads((tmp_path / "recognizer-arcface" / "untrained" / "metrics.json").read_text())["metrics"]
     started = time.monotonic()
     _visage("fit", EXPERIMENT, *common, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
             "trainer.max_time=00:00:05:00", "run.id=trained")

@@ -311,7 +311,7 @@ def test_visage_test_evaluates_an_insightface_bin(fitted, tmp_path, capsys):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert visage(["test", EXPERIMENT, "--ckpt", str(ckpt), *tiny(root), f"data.verification=[{bin_path}]",
                    "run.id=bin-test"]) == 0
-    metrics = json.loads((root / "recognizer-arcface" / "bin-test" / "test_metrics.json").read_text())
+    metrics = json.loads((run_dir / "bin-test" / "metrics.json").read_text())["metrics"]  # beside the run
     assert {"test/accuracy", "test/synthlfw/accuracy", "test/synthlfw/accuracy_std",
             "test/synthlfw/tar@far=1e-03", "test/synthlfw/tar@far=1e-04"} <= set(metrics)
     net = iresnet_tiny(num_features=32, input_size=32)
@@ -322,6 +322,17 @@ def test_visage_test_evaluates_an_insightface_bin(fitted, tmp_path, capsys):
     emb = _embed(net.eval(), decoded, 32)
     distances = ((emb[0::2] - emb[1::2]) ** 2).sum(axis=1)
     assert metrics["test/synthlfw/accuracy"] == pytest.approx(_ten_fold_accuracy(distances, is_same), abs=1e-6)
+
+
+def test_a_checkpoint_whose_classifier_does_not_fit_is_one_line(fitted, capsys):
+    """The classifier is built once the data is known (after the weights check): Lightning's restore
+    refuses it, and that is one line naming the checkpoint and the override, exit code 2."""
+    _, run_dir = fitted
+    code = visage(["validate", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "model.num_classes=41"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("visage: config error: --ckpt: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert "does not fit the model" in lines[0] and "the command line changes model.num_classes" in lines[0]
 
 
 def test_hardest_pairs_picture_shows_closest_negatives_and_farthest_positives():

@@ -15,10 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.strategies import DDPStrategy
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
+from trainers.ddp import FreezeAwareDDPStrategy
+from trainers.lightning_trainer import make_trainer
 from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
 from trainers.curves import CurvesAtEnd
 from trainers.dashboard import DashboardSummary, dashboard_logger
@@ -95,8 +96,9 @@ def _strategy(trainer: DictConfig):
         return "auto"
     backend = "gloo" if trainer.accelerator == "cpu" else None
     start = "spawn" if trainer.strategy == "ddp_spawn" else "popen"
-    return DDPStrategy(start_method=start, process_group_backend=backend,
-                       timeout=timedelta(seconds=trainer.ddp_timeout_s))
+    # DDP for the parameters that train now: none with a frozen backbone, more after an unfreeze
+    return FreezeAwareDDPStrategy(start_method=start, process_group_backend=backend,
+                                  timeout=timedelta(seconds=trainer.ddp_timeout_s))
 
 
 def csv_version(run_dir: Path) -> str:
@@ -110,7 +112,7 @@ def csv_version(run_dir: Path) -> str:
 
 def _loggers(cfg: DictConfig, run_dir: Path, stage: str, checkpoint: str | None) -> list:
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_version(run_dir))]
-    dashboard = dashboard_logger(cfg, run_dir, stage, checkpoint, is_launcher_or_rank_zero())
+    dashboard = dashboard_logger(cfg, run_dir, stage, checkpoint)
     return loggers + ([dashboard] if dashboard is not None else [])
 
 
@@ -144,7 +146,8 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
                            enable_version_counter=False)
     metrics = ValidationMetricsToDict(module.monitor)
     progress, bar = progress_callbacks(run_dir, cfg.logging.progress_every_n_steps, metrics,
-                                       cfg.trainer.enable_progress_bar)
+                                       want_bar=cfg.trainer.enable_progress_bar is not False,
+                                       want_summary=cfg.trainer.enable_model_summary is not False)
     fitting = stage == "fit"
     # An evaluation saves no checkpoints: with checkpoint callbacks, loading the evaluated checkpoint
     # warned (twice) that their folder differs from the one it was trained in. Without them Lightning
@@ -156,18 +159,11 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     callbacks = [*(for_fit if fitting else []), metrics, *progress, BadDataReport(), DashboardSummary(metrics),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
                  RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices if not OmegaConf.is_list(t.devices) else list(t.devices),
-        num_nodes=t.num_nodes, strategy=_strategy(t), precision=t.precision, max_epochs=t.max_epochs,
-        max_steps=t.max_steps, max_time=t.max_time, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
-        val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
-        num_sanity_val_steps=t.num_sanity_val_steps, sync_batchnorm=t.sync_batchnorm,
-        deterministic=t.deterministic, enable_progress_bar=bar, enable_checkpointing=fitting,
-        limit_val_batches=t.limit_val_batches, fast_dev_run=t.fast_dev_run, default_root_dir=str(run_dir),
-        use_distributed_sampler=False,
-        logger=_loggers(cfg, run_dir, stage, resume_from), callbacks=callbacks)
+    # the bar only in a terminal (trainers/progress.py); an evaluation writes no checkpoints
+    section = {**config["trainer"], "enable_progress_bar": bar}
+    trainer = make_trainer(section, strategy=_strategy(cfg.trainer), default_root_dir=str(run_dir),
+                           use_distributed_sampler=False, enable_checkpointing=fitting,
+                           logger=_loggers(cfg, run_dir, stage, resume_from), callbacks=callbacks)
     return Run(cfg, run_dir, module, datamodule, trainer, checkpoint, metrics, resume_from)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -10,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from configs.errors import VisageError
-from configs.schema import ConfigError
+from configs.schema import ConfigError, to_plain
 from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 
@@ -59,13 +58,18 @@ def _check_freeze_paths(cfg, module) -> None:
             raise ConfigError(f"finetune.freeze: {err}") from None
 
 
-def _load_finetune_weights(cfg, run) -> None:
+def _load_finetune_weights(cfg, run):
+    """The ``finetune.from`` weights loaded into the module (ConfigError when too little of them fits);
+    the report, or None when nothing was asked for."""
     if not cfg.finetune["from"] or run.resume_from:
-        return
-    from trainers.finetune import load_pretrained  # noqa: PLC0415
+        return None
+    from trainers.finetune_guard import load_finetune_weights  # noqa: PLC0415
 
-    report = load_pretrained(run.module, cfg.finetune["from"], dict(cfg.finetune["prefix_map"]) or None)
-    if run.trainer.is_global_zero:
+    return load_finetune_weights(run.module, to_plain(cfg))
+
+
+def _write_finetune_report(run, report) -> None:
+    if report is not None and run.trainer.is_global_zero:
         print(report.format(), flush=True)
         (run.run_dir / "finetune_report.txt").write_text(report.format())
 
@@ -81,12 +85,14 @@ def cmd_fit(args) -> int:
     from trainers.build import build_run, choose_run_dir_and_checkpoint, prepare_run_dir, write_metrics  # noqa: PLC0415
 
     run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
-    prepare_run_dir(cfg, run_dir)
+    # built before anything is written: Lightning's refusal of a trainer setting leaves no run directory
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
     _check_freeze_paths(cfg, run.module)
+    report = _load_finetune_weights(cfg, run)  # weights that do not fit stop the run before anything is made
+    prepare_run_dir(cfg, run_dir)
+    _write_finetune_report(run, report)
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
-    _load_finetune_weights(cfg, run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
     if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
         print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
@@ -111,34 +117,10 @@ def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    """validate | test | predict a checkpoint with a config (the run directory of the checkpoint)."""
-    cfg = load_config(args.config, args.overrides)
-    _check_cluster(cfg)
-    from trainers.build import build_run, prepare_run_dir  # noqa: PLC0415
-    from trainers.run_dir import resolve_run_dir  # noqa: PLC0415
+    """validate | test | predict a checkpoint with its own config (trainers/evaluate.py)."""
+    from trainers.evaluate import evaluate  # noqa: PLC0415
 
-    ckpt = args.ckpt
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"--ckpt: checkpoint {ckpt} does not exist")
-    run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id or f"{args.command}")
-    prepare_run_dir(cfg, run_dir)
-    run = build_run(cfg, run_dir, ckpt, stage=args.command)
-    run.datamodule.prepare_data()
-    trainer = run.trainer
-    if args.command == "predict":
-        trainer.predict(run.module, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False)
-        if trainer.is_global_zero:
-            print(run.module.save_predictions(run_dir / "predictions.pt"), flush=True)
-        return 0
-    method = trainer.validate if args.command == "validate" else trainer.test
-    results = method(run.module, datamodule=run.datamodule, ckpt_path=ckpt, verbose=False)
-    if trainer.is_global_zero:
-        metrics = {k: float(v) for k, v in results[0].items()} if results else {}
-        path = run_dir / f"{args.command}_metrics.json"
-        path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        print(json.dumps(metrics, indent=1, sort_keys=True))
-        print(f"metrics: {path}")
-    return 0
+    return evaluate(args, check_cluster=_check_cluster)
 
 
 def cmd_data(args) -> int:
@@ -147,24 +129,44 @@ def cmd_data(args) -> int:
     return data_commands.run(args)
 
 
+def version_line() -> str:
+    """``visage X (pytorch-lightning Y, torch Z)``, read from the installed metadata (nothing imported)."""
+    from importlib import metadata  # noqa: PLC0415
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"visage {installed('visage')} (pytorch-lightning {installed('pytorch-lightning')}, torch {installed('torch')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visage", description="Train face and human-pose models at cluster scale.")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train (and evaluate) from a config")
     fit.add_argument("config", help="experiment YAML, e.g. configs/embedder/triplet.yaml")
-    fit.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.devices=4")
+    fit.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. trainer.devices=4")
     fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     fit.set_defaults(func=cmd_fit)
 
-    for name, text in (("validate", "evaluate on the split data.val_split names"),
+    for name, text in (("validate", "evaluate a checkpoint on the split data.val_split names"),
                        ("test", "evaluate as validate does, logged under test/ (data.val_split=test for a held-out "
                                 "test split)"),
-                       ("predict", "write the embeddings of data.val_split to predictions.pt")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("config")
-        p.add_argument("overrides", nargs="*")
+                       ("predict", "write the embeddings of data.val_split (predictions.pt)")):
+        p = sub.add_parser(name, help=text, description=f"{text}. The data and the model are the checkpoint's own "
+                           "(its config), with the command line's overrides on top; the files go to a new folder "
+                           f"beside the checkpoint's run, <run>/{name}-N.")
+        p.add_argument("config", nargs="?", help="experiment YAML for the trainer and logging settings (optional "
+                       "with --ckpt: the checkpoint's own config is used)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides on top of the checkpoint's config")
         p.add_argument("--ckpt", help="checkpoint to evaluate (default: the model as the config builds it)")
+        p.add_argument("--print-config", action="store_true", help="print the config the evaluation uses and exit")
+        if name == "predict":
+            p.add_argument("--out", help="predictions file (default: predictions.pt in the evaluation folder)")
         p.set_defaults(func=cmd_evaluate)
 
     from trainers.data_commands import add_data_parser  # noqa: PLC0415

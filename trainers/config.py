@@ -6,12 +6,15 @@ the key. The task's schema comes from the task table (``trainers.tasks``); nothi
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from configs.schema import ConfigError, to_plain  # noqa: F401 (to_plain: what callers store)
+from configs.trainer_settings import VISAGE_SETS, TrainerConfig
 from trainers.tasks import load, task
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -20,8 +23,22 @@ BASE_KEY = "base"  # an experiment file's parent: a path relative to the file, o
 
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
+    if isinstance(err, ConfigKeyError) and key and dataclasses.is_dataclass(getattr(err, "object_type", None)):
+        return _unknown_key(key, err.object_type)
     message = str(err).split("\n")[0]
     return f"{key}: {message}" if key else message
+
+
+def _unknown_key(key: str, section_type: type) -> str:
+    """An unknown key, with the closest known one; a Lightning keyword that Visage sets, with why."""
+    parent, _, name = key.rpartition(".")
+    if section_type is TrainerConfig and name in VISAGE_SETS:
+        return f"{key}: cannot be set in a config: {VISAGE_SETS[name]}"
+    known = [f.name for f in dataclasses.fields(section_type)]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else \
+        f"known keys{' of ' + parent if parent else ''}: {', '.join(known)}"
+    return f"{key}: unknown key; {hint}"
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -89,7 +106,12 @@ def _parses(override: str) -> bool:
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The experiment ``path`` with ``key=value`` overrides, on its task's schema, checked."""
     experiment_path = find_config(path)
-    experiment = read_experiment(experiment_path)
+    return compose(read_experiment(experiment_path), overrides, default_name=experiment_path.stem)
+
+
+def compose(experiment: DictConfig, overrides=(), default_name: str = "experiment", check: bool = True) -> DictConfig:
+    """An experiment (a file's content, or a checkpoint's config) with ``key=value`` overrides on its
+    task's schema; checked unless ``check`` is False. ``run.name`` defaults to <task>-<default_name>."""
     cli = parse_overrides(overrides)
     name = OmegaConf.select(cli, "task") or OmegaConf.select(experiment, "task")
     schema = load(task(name).schema)
@@ -98,7 +120,9 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> DictC
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err)) from None
     if cfg.run.name is None:
-        cfg.run.name = f"{cfg.task}-{experiment_path.stem}"
+        cfg.run.name = f"{cfg.task}-{default_name}"
+    if not check:
+        return cfg
     try:
         schema.check(cfg)
     except OmegaConfBaseException as err:  # a value a check reads that fails to resolve

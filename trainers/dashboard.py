@@ -16,17 +16,20 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from functools import partial
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from configs.schema import to_plain
 from trainers.callbacks import ValidationMetricsToDict
-from trainers.run_dir import DASHBOARD_FILE, dashboard_run, new_dashboard_run
+from trainers.evaluation_config import training_run_dir
+from trainers.run_dir import DASHBOARD_FILE, DashboardRun, dashboard_run, new_dashboard_run
 
 log = logging.getLogger("visage")
 
@@ -34,13 +37,27 @@ DEFAULT_HOST = "https://api.wandb.ai"
 
 
 class DashboardLogger(WandbLogger):
-    """Lightning's wandb logger, less two things it does on every run."""
+    """Lightning's wandb logger, less two things it does on every run, and with the dashboard run's
+    id and group made (or read) only when the run starts talking to wandb: on global rank 0, once,
+    after the command has made its run directory. The other ranks never touch ``dashboard.json``.
 
-    def __init__(self, **kwargs):
+    ``dashboard``: returns the DashboardRun (a picklable callable: ddp_spawn pickles the logger)."""
+
+    def __init__(self, dashboard: Callable[[], DashboardRun], **kwargs):
         super().__init__(**kwargs)
         # Lightning always hands wandb.init ``anonymous=None``; wandb >= 0.19 warns "The anonymous
         # setting has no effect" for any value given, so leave the setting out
         self._wandb_init.pop("anonymous", None)
+        self._dashboard = dashboard
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None and not self._wandb_init.get("id"):
+            run = self._dashboard()
+            self._id = self._wandb_init["id"] = run.id
+            self._wandb_init["group"] = self._wandb_init.get("group") or run.group
+        return WandbLogger.experiment.fget(self)
 
     def log_hyperparams(self, params) -> None:
         """Nothing: the run's config went to ``wandb.init``. (The module's hyper-parameters are that
@@ -69,17 +86,11 @@ def wandb_mode(requested: str, env: Mapping[str, str] = os.environ) -> str:
     return requested
 
 
-def training_run_dir(checkpoint: str | os.PathLike) -> Path:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` or ``<run>/hpc_ckpt_N.ckpt``)."""
-    path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def default_group(cfg: DictConfig, stage: str, checkpoint: str | None, env: Mapping[str, str] = os.environ
                   ) -> str | None:
     """The group a new dashboard run joins unless ``logging.group`` says otherwise (None: its own id)."""
-    if stage != "fit" and checkpoint:
-        trained = training_run_dir(checkpoint)
+    trained = training_run_dir(Path(checkpoint)) if stage != "fit" and checkpoint else None
+    if trained is not None:
         if (trained / DASHBOARD_FILE).is_file():
             return dashboard_run(trained).group
         return f"{trained.parent.name}-{trained.name}"
@@ -98,26 +109,21 @@ def display_name(cfg: DictConfig, run_dir: Path) -> str:
         return f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
 
 
-def dashboard_logger(cfg: DictConfig, run_dir: Path, stage: str = "fit", checkpoint: str | None = None,
-                     is_first_process: bool = True) -> DashboardLogger | None:
+def dashboard_logger(cfg: DictConfig, run_dir: Path, stage: str = "fit", checkpoint: str | None = None
+                     ) -> DashboardLogger | None:
     """The run's wandb logger, or None with ``logging.wandb=disabled``.
 
     ``stage`` is fit, validate, test or predict; ``checkpoint`` the one an evaluation reads (it names
-    the training run to group with). ``is_first_process``: the process a user started or global rank
-    0 under srun, the one that makes an evaluation's new dashboard run (only global rank 0 talks to
-    wandb; the other ranks read the same file)."""
+    the training run to group with). A fit continues the run directory's dashboard run (a requeue, a
+    resume); an evaluation starts a new one."""
     if cfg.logging.wandb == "disabled":
         return None
-    mode = wandb_mode(cfg.logging.wandb)
     group = default_group(cfg, stage, checkpoint)
-    if stage == "fit":
-        run = dashboard_run(run_dir, group)
-    else:
-        run = new_dashboard_run(run_dir, group) if is_first_process else dashboard_run(run_dir, group)
-    return DashboardLogger(save_dir=str(run_dir), project=cfg.logging.project, entity=cfg.logging.entity,
-                           id=run.id, name=display_name(cfg, run_dir), group=cfg.logging.group or run.group,
-                           job_type=stage, tags=list(cfg.logging.tags) or None, notes=cfg.logging.notes,
-                           resume="allow", mode=mode, config=to_plain(cfg))
+    dashboard = partial(dashboard_run if stage == "fit" else new_dashboard_run, Path(run_dir), group)
+    return DashboardLogger(dashboard, save_dir=str(run_dir), project=cfg.logging.project, entity=cfg.logging.entity,
+                           name=display_name(cfg, run_dir), group=cfg.logging.group, job_type=stage,
+                           tags=list(cfg.logging.tags) or None, notes=cfg.logging.notes, resume="allow",
+                           mode=wandb_mode(cfg.logging.wandb), config=to_plain(cfg))
 
 
 class DashboardSummary(pl.Callback):

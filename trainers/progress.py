@@ -50,14 +50,16 @@ class TerminalBar(TQDMProgressBar):
 
 
 def progress_callbacks(run_dir: Path, every_n_steps: int, validations: ValidationMetricsToDict,
-                       want_bar: bool) -> tuple[list[pl.Callback], bool]:
+                       want_bar: bool = True, want_summary: bool = True) -> tuple[list[pl.Callback], bool]:
     """The progress callbacks of a run and the Trainer's ``enable_progress_bar``.
 
-    A model summary callback is given explicitly too: without one Lightning picks its Rich table
-    whenever ``rich`` is installed."""
+    The model summary callback is given explicitly too (when wanted): without one Lightning picks its
+    Rich table whenever ``rich`` is installed."""
     terminal = stdout_is_terminal()
-    callbacks: list[pl.Callback] = [ModelSummary(), ProgressLines(Path(run_dir) / TRAIN_LOG, every_n_steps, validations,
-                                                                   to_stdout=not terminal)]
+    callbacks: list[pl.Callback] = [ProgressLines(Path(run_dir) / TRAIN_LOG, every_n_steps, validations,
+                                                  to_stdout=not terminal)]
+    if want_summary:
+        callbacks.insert(0, ModelSummary())
     bar = want_bar and terminal
     if bar:
         callbacks.append(TerminalBar())

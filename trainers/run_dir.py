@@ -61,12 +61,12 @@ def dashboard_run(run_dir: Path, group: str | None = None) -> DashboardRun:
     """The run directory's dashboard run: made once, kept in ``<run_dir>/dashboard.json``.
 
     The id is the run directory's name with a random suffix (``embedder-triplet-local-0-3f9a2c1e``):
-    every requeue of a SLURM job and every rank (they share the directory) read the same file, while
-    a new clone, a run after ``rm -rf runs`` and every evaluation folder get a new one. ``group``
-    (default: the id) is stored with it at creation. The first process to get here creates the file
-    atomically: written under a private name, then hard-linked into place, which fails when another
-    process was first; where the filesystem has no hard links, an exclusive create and a wait until
-    the winner's text is complete.
+    every requeue of a SLURM job and every resume read the same file (so does any other process that
+    asks: every rank would get the same id), while a new clone, a run after ``rm -rf runs`` and every
+    evaluation (``new_dashboard_run``) get a new one. ``group`` (default: the id) is stored with it at
+    creation. The first process to get here creates the file atomically: written under a private
+    name, then hard-linked into place, which fails when another process was first; where the
+    filesystem has no hard links, an exclusive create and a wait until the winner's text is complete.
     """
     path = Path(run_dir) / DASHBOARD_FILE
     if not path.is_file():
