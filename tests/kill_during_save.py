@@ -155,8 +155,9 @@ def kill_loop(root: Path, tmpdir: Path, tries: int, ranks: tuple[str, ...] = SIN
     report = KillReport()
     log_path = log_path or root / "kill-loop.log"
     for attempt in range(tries):
-        # mostly within the save's first 150 ms; every third try later, in the steps that follow it
-        delay = rng.uniform(0.0, 0.15) if attempt % 3 != 2 else rng.uniform(0.15, 1.5)
+        # two tries in three within the save's first 150 ms, more of them early (a save to a fast disk
+        # takes tens of ms); every third try later, in the steps that follow the save
+        delay = 0.15 * rng.random() ** 2 if attempt % 3 != 2 else rng.uniform(0.15, 1.5)
         saved_before = bool(checkpoint_files(run_dir))
         killed = one_try(fit_command(root, ranks, 100_000), env, run_dir, tmpdir, delay, log_path)
         if not killed:
