@@ -18,6 +18,9 @@ from pytorch_lightning.loggers import CSVLogger
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
+from trainers.checkpoint_choice import (checkpoint_to_resume, newest_loadable, require_loadable,
+                                        resume_candidates, run_dir_of)
+from trainers.checkpoint_io import AtomicCheckpointIO, remove_partial_saves
 from trainers.ddp import FreezeAwareDDPStrategy
 from trainers.lightning_trainer import make_trainer
 from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
@@ -54,29 +57,24 @@ def build_datamodule(config: dict) -> pl.LightningDataModule:
 
 
 # -- run directory and resuming -------------------------------------------------------------------
-def latest_run_with_checkpoint(root: Path, name: str) -> Path | None:
-    runs = [p for p in (Path(root) / name).glob("*") if (p / "checkpoints" / "last.ckpt").is_file()]
-    return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
-
-
 def choose_run_dir_and_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
-    """The run directory and the checkpoint to resume from (None: start fresh or let SLURM resume)."""
+    """The run directory and the checkpoint to resume from (None: start fresh). Only checkpoints
+    that load are chosen (trainers/checkpoint_choice.py); each one passed over is named, with why."""
+    say = log.warning if is_launcher_or_rank_zero() else log.debug  # every rank looks: one says it
     resume = cfg.run.resume
     if resume not in (None, "auto"):
-        ckpt = Path(resume).resolve()
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else resolve_run_dir(
+        ckpt = require_loadable(Path(resume).resolve())
+        run_dir = run_dir_of(ckpt) if ckpt.parent.name == "checkpoints" else resolve_run_dir(
             cfg.run.root, cfg.run.name, cfg.run.id)
         return run_dir, str(ckpt)
     if resume == "auto" and not cfg.run.id and not os.environ.get(RUN_DIR_ENV) and not slurm_run_suffix(os.environ):
-        previous = latest_run_with_checkpoint(Path(cfg.run.root), cfg.run.name)
+        previous = newest_loadable(resume_candidates((Path(cfg.run.root) / cfg.run.name).glob("*")), say)
         if previous is not None:
-            return previous, str(previous / "checkpoints" / "last.ckpt")
+            return run_dir_of(previous), str(previous)
     run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id)
-    if resume == "auto":
-        if list(run_dir.glob("hpc_ckpt_*.ckpt")):
-            return run_dir, None  # Lightning's SLURM resume picks the newest hpc_ckpt itself
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return run_dir, str(last) if last.is_file() else None
+    if resume == "auto" or list(run_dir.glob("hpc_ckpt_*.ckpt")):  # a requeued SLURM job resumes by itself
+        ckpt = checkpoint_to_resume(run_dir, say)
+        return run_dir, str(ckpt) if ckpt is not None else None
     return run_dir, None
 
 
@@ -85,6 +83,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     os.environ[RUN_DIR_ENV] = str(run_dir)  # ranks started by Lightning's launcher inherit it
     if is_launcher_or_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_saves(run_dir, run_dir / "checkpoints")  # left by a save that was killed
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -163,6 +162,7 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     section = {**config["trainer"], "enable_progress_bar": bar}
     trainer = make_trainer(section, strategy=_strategy(cfg.trainer), default_root_dir=str(run_dir),
                            use_distributed_sampler=False, enable_checkpointing=fitting,
+                           plugins=[AtomicCheckpointIO()],  # never half-written
                            logger=_loggers(cfg, run_dir, stage, resume_from), callbacks=callbacks)
     return Run(cfg, run_dir, module, datamodule, trainer, checkpoint, metrics, resume_from)
 
