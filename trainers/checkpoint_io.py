@@ -27,7 +27,7 @@ from typing import Any, Optional
 import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger("visage")
 
