@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
@@ -150,7 +151,6 @@ class DashboardSummary(pl.Callback):
 def finish_dashboard_run(exit_code: int) -> None:
     """Close this process's wandb run, if it has one, with the command's exit code. Left to wandb's
     own exit hook, the closing lines ("wandb sync ...") go to stdout, ANSI-coloured."""
-    import wandb  # noqa: PLC0415 (already imported when a run exists)
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # not imported: no run to close
+    if wandb is not None and wandb.run is not None:
         wandb.run.finish(exit_code=exit_code)
