@@ -89,17 +89,26 @@ class OptimConfig:
 
 @dataclass
 class LoggingConfig:
-    wandb: str = "offline"              # offline | online | disabled
+    wandb: str = "offline"              # offline | online (after `wandb login` or WANDB_API_KEY) | disabled
     project: str = "visage"
     entity: Optional[str] = None
+    name: Optional[str] = None          # dashboard run name; default: <run.name>/<run directory>
+    group: Optional[str] = None         # dashboard group; default: the sweep (SLURM array), else the training run
+    tags: list[str] = field(default_factory=list)
+    notes: Optional[str] = None
     pictures: bool = True               # PNG + dashboard pictures at each validation
     picture_samples: int = 16
+    progress_every_n_steps: int = 50    # a plain progress line every N steps (stdout when it is not a terminal,
+                                        # and <run>/train.log); 0: none
 
 
 # 'from' is a Python keyword, so this section is a checked dict rather than a dataclass
-FINETUNE_DEFAULTS = {"from": None, "prefix_map": {}, "freeze": [], "unfreeze_at_epoch": None, "lr_factor": 0.1}
+# min_loaded: the fraction of the embedding network's tensors that finetune.from must fill (0 loaded
+# is always an error): weights that do not fit stop the run instead of training from scratch
+FINETUNE_DEFAULTS = {"from": None, "prefix_map": {}, "freeze": [], "unfreeze_at_epoch": None, "lr_factor": 0.1,
+                     "min_loaded": 0.5}
 FINETUNE_TYPES = {"from": (str, type(None)), "prefix_map": (dict, DictConfig), "freeze": (list, tuple),
-                  "unfreeze_at_epoch": (int, type(None)), "lr_factor": (int, float)}
+                  "unfreeze_at_epoch": (int, type(None)), "lr_factor": (int, float), "min_loaded": (int, float)}
 
 
 @dataclass
@@ -119,6 +128,7 @@ class ExperimentConfig:
         check_shard_data(cfg)
         check_finetune(cfg)
         one_of(cfg.logging.wandb, "logging.wandb", ("offline", "online", "disabled"))
+        at_least(cfg.logging.progress_every_n_steps, "logging.progress_every_n_steps", 0)
         one_of(cfg.optim.name, "optim.name", ("adam", "adamw", "sgd"))
         one_of(cfg.optim.scheduler, "optim.scheduler", ("none", "cosine", "warmup_poly"))
         positive(cfg, "optim.lr")
@@ -163,6 +173,8 @@ def check_finetune(cfg: DictConfig) -> None:
         value = plain[key]
         if not isinstance(value, types) or isinstance(value, bool):
             raise ConfigError(f"finetune.{key}: wrong type {type(value).__name__} ({value!r})")
+    if not 0 <= plain["min_loaded"] <= 1:
+        raise ConfigError(f"finetune.min_loaded: a fraction in [0, 1], got {plain['min_loaded']}")
     if plain["from"] is not None and not Path(plain["from"]).is_file():
         raise ConfigError(f"finetune.from: checkpoint {plain['from']} does not exist")
 

@@ -60,7 +60,7 @@ class TrainerConfig:
     check_val_every_n_epoch: Optional[int] = 1
     num_sanity_val_steps: Optional[int] = 0  # (Lightning: 2) the first validation comes after training
     log_every_n_steps: Optional[int] = 10    # (Lightning: 50) short runs still draw a curve
-    enable_progress_bar: Optional[bool] = True
+    enable_progress_bar: Optional[bool] = True  # in a terminal; a piped stdout gets plain lines instead
     enable_model_summary: Optional[bool] = None
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None

@@ -6,7 +6,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.bad_samples import BAD_SAMPLE_KINDS
+from datamodules.bad_samples import BAD_SAMPLE_KINDS, merge_bad_events
 from datamodules.collate import batch_as_is
 from datamodules.shard_stream import ShardStream
 
@@ -18,8 +18,8 @@ class EpochLoader:
     epoch counter, so epoch e's stream depends only on (seed, e, rank, worker), and each worker
     makes only its share of the epoch's batches (``ShardStream``). Stateful for Lightning
     (``state_dict``/``load_state_dict`` go into checkpoints): a run resumed mid-epoch replays that
-    epoch's stream and skips the batches already trained on. ``bad_samples`` accumulates the counts
-    of skipped data over the epoch.
+    epoch's stream and skips the batches already trained on. ``bad_samples`` counts the samples the
+    epoch skipped, each bad sample (or broken shard's loss) once (``datamodules/bad_samples.py``).
     """
 
     def __init__(self, dataset: ShardStream, batches_per_epoch: int, num_workers: int,
@@ -28,6 +28,7 @@ class EpochLoader:
         self.progress = progress  # () -> (epoch, batches completed in it), from the trainer
         self.epoch, self.skip = 0, 0
         self.bad_samples = torch.zeros(len(BAD_SAMPLE_KINDS), dtype=torch.long)
+        self._bad_seen: set = set()
         self._loader: DataLoader | None = None
         self._loader_next_epoch = -1
 
@@ -49,10 +50,11 @@ class EpochLoader:
             self.epoch = self.progress()[0]
         skip, self.skip = self.skip, 0
         self.bad_samples.zero_()
+        self._bad_seen.clear()
         it = iter(self._loader_for(self.epoch))
         for index in range(self.batches_per_epoch):
             batch = next(it)
-            self.bad_samples += torch.tensor(batch["bad_samples"])
+            merge_bad_events(self.bad_samples, self._bad_seen, batch["bad_samples"])
             if index >= skip:
                 yield batch
         self.epoch += 1

@@ -28,10 +28,10 @@ class MemorySplit(Dataset):
                 try:
                     decode_sample(raw, required)
                 except SampleError as err:
-                    counter.add(err.kind, str(err))
+                    counter.add(err.kind, str(err), item=(url, raw.get("__key__")))
                     continue
                 self.records.append(raw)
-        self.bad_samples = torch.tensor(counter.take())
+        self.bad_samples = torch.tensor(counter.totals())
 
     def __len__(self) -> int:
         return len(self.records)

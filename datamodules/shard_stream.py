@@ -26,25 +26,34 @@ log = logging.getLogger(__name__)
 def read_shard(url: str, counter: BadSampleCounter, expected: int | None = None) -> Iterator[dict]:
     """Raw records of one tar shard; an empty, unreadable or broken shard is counted, not raised.
 
-    A tar cut at a member boundary reads as a shorter valid archive, so the sample count the index
-    recorded (``expected``) is what reveals it.
+    A shard that breaks off counts the samples it lost: ``expected`` (the index's count) minus the
+    records read, or 1 when there is no index count. A tar cut at a member boundary reads as a
+    shorter valid archive, so that count is also what reveals it.
     """
-    problems = []
+    stop: list[tuple[str, str]] = []
 
-    def report(kind: str, message: str) -> None:
-        problems.append(kind)
-        counter.add(kind, message)
+    def report(kind: str, message: str, key: str | None = None) -> None:
+        if key is None:  # reading stopped here
+            stop.append((kind, message))
+        else:  # one sample's problem; the sample itself is read
+            counter.add(kind, message, item=(url, key))
 
     count = 0
     for raw in tar_records(url, report):
         count += 1
         yield raw
-    if problems:
-        return
-    if count == 0:
-        counter.add("empty_shard", url)
+    lost = 1 if expected is None else max(expected - count, 0)
+    if stop:
+        kind, message = stop[0]
+    elif count == 0:
+        kind, message = "empty_shard", f"{url}: holds no samples"
     elif expected is not None and count < expected:
-        counter.add("truncated_shard", f"{url}: {count} of the {expected} samples in the index")
+        kind, message = "truncated_shard", f"{url}: ends after {count} samples"
+    else:
+        return
+    if expected is not None:
+        message += f" ({lost} of the {expected} samples in the index lost)"
+    counter.add(kind, message, count=lost, item=(url,))
 
 
 def shard_part(shards: list, index: int, parts: int) -> list:
@@ -123,10 +132,11 @@ class ShardStream(IterableDataset):
             try:
                 sample = self.transform(decode_sample(raw, self.required))
             except SampleError as err:
-                counter.add(err.kind, str(err))
+                counter.add(err.kind, str(err), item=(raw.get("__url__"), raw.get("__key__")))
                 continue
             except Exception as err:  # an augmentation that fails on odd input: skip, count
-                counter.add("transform_failed", f"sample {raw.get('__key__')!r}: {err!r}")
+                counter.add("transform_failed", f"sample {raw.get('__key__')!r}: {err!r}",
+                            item=(raw.get("__url__"), raw.get("__key__")))
                 continue
             yield sample
 

@@ -4,7 +4,11 @@ A dataset folder holds one sub-folder per split (``train``, ``val`` ...), each w
 ``shard-000000.tar`` ... and ``index.json``::
 
     {"schema_version": 1, "split": "train", "num_samples": 1200, "num_identities": 100,
-     "fields": ["box", "identity", ...], "shards": [{"name": "shard-000000.tar", "samples": 256}, ...]}
+     "fields": ["box", "identity", ...], "checksums": "crc32",
+     "shards": [{"name": "shard-000000.tar", "samples": 256, "crc32": "<8 hex digits per sample>"}, ...]}
+
+``checksums`` and the shards' ``crc32`` are optional (``datamodules/checksums.py``): older index
+files without them stay valid.
 
 Every sample is validated against ``datamodules.schema`` before it is written, so a bad converter
 fails at the sample that is wrong instead of producing shards that break a training run later.
@@ -22,6 +26,7 @@ import numpy as np
 import webdataset as wds
 
 from configs.errors import VisageError
+from datamodules import checksums
 from datamodules.schema import SCHEMA_VERSION, SampleError, check_key, validate_annotation
 
 INDEX_NAME = "index.json"
@@ -69,6 +74,7 @@ class ShardWriter:
     _identities: set = field(default_factory=set, init=False)
     _fields: set = field(default_factory=set, init=False)
     _keys: set = field(default_factory=set, init=False)
+    _checksums: list[list[int]] = field(default_factory=list, init=False)  # per shard, per sample
 
     def __post_init__(self):
         self.directory = Path(self.root) / self.split
@@ -86,6 +92,7 @@ class ShardWriter:
         self._close_shard()
         name = SHARD_PATTERN.format(len(self._shards))
         self._shards.append({"name": name, "samples": 0})
+        self._checksums.append([])
         # a fixed integer mtime: no PAX header per member (faster reads), byte-reproducible shards
         self._writer = wds.TarWriter(str(self.directory / name), mtime=0)
 
@@ -113,7 +120,9 @@ class ShardWriter:
         shard_full = self._shards and self._shards[-1]["samples"] >= self.max_samples
         if self._writer is None or (shard_full and (self.split_on is None or group != self._last_group)):
             self._open_next()
-        self._writer.write({"__key__": key, ext: data, "json": json.dumps(annotation).encode()})
+        members = {ext: data, "json": json.dumps(annotation).encode()}
+        self._writer.write({"__key__": key, **members})
+        self._checksums[-1].append(checksums.sample_checksum(key, members))
         self._shards[-1]["samples"] += 1
         self._count += 1
         self._keys.add(key)
@@ -132,7 +141,9 @@ class ShardWriter:
                 "num_samples": self._count,
                 "num_identities": len(self._identities),
                 "fields": sorted(self._fields),
-                "shards": self._shards,
+                "checksums": checksums.ALGORITHM,
+                "shards": [{**shard, checksums.ALGORITHM: checksums.pack(crcs)}
+                           for shard, crcs in zip(self._shards, self._checksums)],
             }
             index_path.write_text(json.dumps(index, indent=1))
         return index_path

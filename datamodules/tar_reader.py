@@ -171,10 +171,11 @@ def member_key(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2).lower()) if match else None
 
 
-def tar_records(path: str, report: Callable[[str, str], None]) -> Iterator[dict]:
-    """The records of one tar file, in file order. Problems go to ``report(kind, message)``: a
-    repeated field (the repeat is dropped) and a broken archive (reading stops; the record being
-    assembled is still yielded, incomplete records fail later as samples)."""
+def tar_records(path: str, report: Callable[..., None]) -> Iterator[dict]:
+    """The records of one tar file, in file order. Problems go to ``report(kind, message, key)``:
+    a repeated field (``key`` names the sample; the repeat is dropped, the sample kept) and a broken
+    archive (``key`` None; reading stops; the record being assembled is still yielded, incomplete
+    records fail later as samples). A compressed stream that ends early is ``truncated_shard``."""
     record: dict | None = None
     try:
         with open_tar(path) as f:
@@ -188,12 +189,14 @@ def tar_records(path: str, report: Callable[[str, str], None]) -> Iterator[dict]
                         yield record
                     record = {"__key__": key, "__url__": path}
                 if field in record:
-                    report("corrupt_shard", f"{path}: sample {key!r} has a second {field!r} member")
+                    report("corrupt_shard", f"{path}: sample {key!r} has a second {field!r} member", key)
                     continue
                 record[field] = data
     except TarFormatError as err:
-        report(err.kind, str(err))
+        report(err.kind, str(err), None)
+    except EOFError as err:  # gzip, bz2 and xz: the compressed stream ends before its end marker
+        report("truncated_shard", f"{path}: compressed stream ends early ({err})", None)
     except READ_ERRORS as err:
-        report("corrupt_shard", f"{path}: cannot be read ({err!r})")
+        report("corrupt_shard", f"{path}: cannot be read ({err!r})", None)
     if record is not None:
         yield record

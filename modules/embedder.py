@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from modules.distributed import all_gather_keep_local_grad, all_gather_no_grad, rank_and_world
 from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, evaluate_embeddings,
                                     gather_in_dataset_order)
+from modules.exportable import Exportable, face_exportable
 from modules.guards import stop_if_not_finite
 from modules.losses.triplet import TripletLoss
 from modules.nets.backbones import build_backbone
@@ -21,8 +22,6 @@ from modules.optim import configure_optimizers
 
 
 class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
-    export_prefix = "net."  # the embedding network's weights in the state_dict (``visage export``)
-
     def __init__(self, config: dict):
         super().__init__()
         self.save_hyperparameters({"config": config})  # a plain dict: checkpoints must not hold DictConfig
@@ -38,6 +37,11 @@ class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         emb = self.net(images)
         return F.normalize(emb, dim=1) if self.config["model"]["normalize"] else emb
+
+    def exportable(self) -> Exportable:
+        """The embedding network: what ``visage export`` writes and ``finetune.freeze=[net]`` freezes."""
+        note = "; L2-normalise them as this run did (model.normalize)" if self.config["model"]["normalize"] else ""
+        return face_exportable(self.config, "net", note)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

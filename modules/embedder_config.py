@@ -10,21 +10,36 @@ from configs.errors import ParameterError
 from configs.schema import ConfigError, ExperimentConfig, positive, rule
 from datamodules.face_config import FaceDataConfig, check_face_data
 from modules.losses.kinds import check_triplet
-from modules.nets.backbones import FACE_BACKBONES, TINY, check_backbone
+from modules.nets.backbones import BACKBONES, check_backbone, shape_parameters
 
 
-def check_face_backbone(cfg: DictConfig, choices: tuple[str, ...] = (TINY, *FACE_BACKBONES)) -> None:
+def _backbone_key(parameter: str) -> str:
+    """The config key of a ``build_backbone`` parameter: the image size is data's, the rest the model's."""
+    return "data.image_size" if parameter == "image_size" else f"model.{parameter}"
+
+
+def check_face_backbone(cfg: DictConfig, choices: tuple[str, ...] = BACKBONES) -> None:
     """``model.backbone`` is one of ``choices`` and takes ``data.image_size`` inputs."""
     try:
         check_backbone(cfg.model.backbone, cfg.data.image_size, choices)
     except ParameterError as err:
-        key = "data.image_size" if err.parameter == "image_size" else "model.backbone"
-        raise ConfigError(f"{key}: {err}") from None
+        raise ConfigError(f"{_backbone_key(err.parameter)}: {err}") from None
+
+
+def face_backbone_overrides(config: dict) -> tuple[str, ...]:
+    """The ``key=value`` overrides that build a face backbone whose weights have this config's shapes
+    (``model.backbone``, ``model.embedding_size``, ``data.image_size``, TinyNet's ``model.width``)."""
+    model = config["model"]
+    overrides = [f"model.backbone={model['backbone']}"]
+    for parameter in shape_parameters(model["backbone"]):
+        section, _, key = _backbone_key(parameter).partition(".")
+        overrides.append(f"{section}.{key}={config[section][key]}")
+    return tuple(overrides)
 
 
 @dataclass
 class EmbedderModelConfig:
-    backbone: str = "tiny"              # tiny | one of modules.nets.backbones.FACE_BACKBONES
+    backbone: str = "tiny"              # one of modules.nets.backbones.BACKBONES
     width: int = 32                     # channels of the first stage (tiny)
     embedding_size: int = 128
     normalize: bool = False             # L2-normalise embeddings (FaceNet); batch hard uses raw ones

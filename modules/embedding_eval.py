@@ -103,7 +103,7 @@ class EmbeddingEvaluationHooks:
             return []
         from modules.embedding_pictures import EmbeddingPictures  # noqa: PLC0415 (drawing only when asked)
 
-        return [EmbeddingPictures(logging.get("picture_samples", 16))]
+        return [EmbeddingPictures(logging.get("picture_samples", 16), seed=self.config["run"]["seed"])]
 
     def summary(self, metrics: dict) -> str:
         """What the end of fit / validate / test prints."""

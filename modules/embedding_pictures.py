@@ -1,26 +1,30 @@
 """The pictures of the face embedding tasks (embedder, recognizer), drawn after each validation."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import WandbLogger
 
 from modules.embedding_eval import held_out_pairs
+from modules.picture_log import log_line_chart, save_pictures
+
+ROC_CHART_POINTS = 100
 
 
 class EmbeddingPictures(pl.Callback):
-    """After each validation: a sample grid with ground truth, a retrieval panel, the ROC curve of
-    every evaluation set, and per set the hardest false matches and non-matches, as PNG files in
-    ``<run>/pictures`` (the trainer's root directory) and as dashboard images.
+    """After each validation: the predictions beside the ground truth (each sample of some randomly
+    drawn identities, next to its nearest neighbour among the other held-out images, framed green
+    when that is the same person and red when not; other identities each validation), a retrieval
+    panel, the ROC curve of every evaluation set with its AUC (a PNG and an interactive dashboard
+    chart), and per set the hardest false matches and non-matches; PNG files in ``<run>/pictures``
+    and dashboard images.
 
     The module provides ``last_evaluation`` (held-out identities) and, when it evaluates more sets
     (the recognizer's ``.bin`` files), ``last_pair_sets``; the datamodule's ``evaluation_image(set,
     index)`` gives their images."""
 
-    def __init__(self, samples: int = 16, hardest_pairs: int = 8):
-        self.samples, self.hardest_pairs = samples, hardest_pairs
+    def __init__(self, samples: int = 16, hardest_pairs: int = 8, seed: int = 0):
+        self.samples, self.hardest_pairs, self.seed = samples, hardest_pairs, seed
+        self.drawn = 0  # validations drawn so far: with the step, what varies the samples shown
 
     def on_validation_end(self, trainer, pl_module) -> None:
         evaluation = getattr(pl_module, "last_evaluation", None)
@@ -29,44 +33,76 @@ class EmbeddingPictures(pl.Callback):
             return
         from modules import pictures  # noqa: PLC0415 (drawing is only needed here)
 
-        step = trainer.global_step
-        folder = Path(trainer.default_root_dir) / "pictures"
-        images = self._pictures(pictures, evaluation, pl_module.last_eval_labels.cpu().numpy(), split)
+        rng = np.random.default_rng([self.seed, trainer.global_step, self.drawn])
+        self.drawn += 1
+        labels = pl_module.last_eval_labels.cpu().numpy()
+        images = {"samples": self._predictions(pictures, evaluation, labels, split, rng),
+                  "retrieval": self._retrieval(pictures, evaluation, labels, split)}
         pair_sets = getattr(pl_module, "last_pair_sets", None) or [held_out_pairs(evaluation)]
-        images.update(self._pair_pictures(pictures, pair_sets, trainer.datamodule, split))
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, image in images.items():
-            pictures.save_png(folder / f"{name}-step{step:06d}.png", image)
-            pictures.save_png(folder / f"{name}-latest.png", image)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                for name, image in images.items():  # one key each: the pictures differ in size
-                    logger.log_image(key=f"pictures/{name}", images=[image], step=step)
+        roc_images, curves = self._pair_pictures(pictures, pair_sets, trainer.datamodule, split)
+        images.update(roc_images)
+        save_pictures(trainer, images)
+        log_line_chart(trainer, "pictures/roc_curve", curves, "ROC (TAR against log10 FAR)", "log10(false accept rate)")
 
-    def _pictures(self, pictures, evaluation, labels: np.ndarray, split) -> dict[str, np.ndarray]:
-        shown = [split.decoded(i) for i in range(min(self.samples, len(split)))]
-        grid = pictures.sample_grid([s.image for s in shown], [s.annotation for s in shown])
+    def _predictions(self, pictures, evaluation, labels: np.ndarray, split, rng) -> np.ndarray:
+        """Pairs of tiles: a sample with its ground truth, then its nearest neighbour and that one's
+        identity, framed right (green) or wrong (red)."""
+        queries = _one_per_random_identity(labels, max(1, self.samples // 2), rng)
+        tiles, annotations, captions, frames = [], [], [], []
+        for query in queries:
+            shown = split.decoded(int(query))
+            tiles.append(shown.image)
+            annotations.append(shown.annotation)
+            captions.append(f"id {labels[query]}")
+            frames.append(None)
+            nearest = int(evaluation.neighbours[query, 0])
+            if nearest < 0:
+                continue
+            right = bool(evaluation.neighbour_correct[query, 0])
+            tiles.append(split.decoded(nearest).image)
+            annotations.append({})
+            captions.append(f"nearest: id {labels[nearest]}")
+            frames.append(pictures.RIGHT_COLOUR if right else pictures.WRONG_COLOUR)
+        return pictures.sample_grid(tiles, annotations, captions=captions, frames=frames)
+
+    def _retrieval(self, pictures, evaluation, labels: np.ndarray, split) -> np.ndarray:
         queries = _one_per_identity(labels, 6)
         neighbours, correct = evaluation.neighbours[queries, :5], evaluation.neighbour_correct[queries, :5]
-        panel = pictures.retrieval_panel([split.decoded(int(q)).image for q in queries], _DecodedImages(split),
-                                         neighbours, correct)
-        return {"samples": grid, "retrieval": panel}
+        return pictures.retrieval_panel([split.decoded(int(q)).image for q in queries], _DecodedImages(split),
+                                        neighbours, correct)
 
-    def _pair_pictures(self, pictures, pair_sets, datamodule, split) -> dict[str, np.ndarray]:
-        """The ROC curves of all sets on one chart, and a hardest-pairs panel per set."""
-        from modules.metrics.verification import roc_curve  # noqa: PLC0415
+    def _pair_pictures(self, pictures, pair_sets, datamodule, split):
+        """The ROC curves of all sets on one chart (AUC in the legend) with the same curves on a log
+        FAR grid for the dashboard's chart, and a hardest-pairs panel per set."""
+        from modules.metrics.verification import auc, roc_curve  # noqa: PLC0415
 
         def image_of(set_index: int):
             if set_index == 0:
                 return lambda i: split.decoded(i).image
             return lambda i: datamodule.evaluation_image(set_index, i)
 
-        curves = {s.name: roc_curve(s.distances, s.is_same)[:2] for s in pair_sets}
+        curves, chart = {}, {}
+        for pair_set in pair_sets:
+            fpr, tpr, _ = roc_curve(pair_set.distances, pair_set.is_same)
+            name = f"{pair_set.name} (AUC {auc(fpr, tpr):.4f})"
+            curves[name] = (fpr, tpr)
+            chart[name] = roc_on_log_grid(fpr, tpr, int((~pair_set.is_same.astype(bool)).sum()))
         images = {"roc": pictures.roc_plot(curves)}
         for pair_set in pair_sets:
             images[f"hardest-pairs-{pair_set.name}"] = pictures.hardest_pairs_picture(
                 pair_set, image_of(pair_set.set_index), self.hardest_pairs)
-        return images
+        return images, chart
+
+
+def roc_on_log_grid(fpr: np.ndarray, tpr: np.ndarray, negatives: int, points: int = ROC_CHART_POINTS
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(log10 FAR, TAR) at ``points`` FARs spaced evenly in log from the smallest measurable (one
+    false accept) to 1; the TAR at a FAR is the highest the curve reaches without exceeding it.
+    A chart of a million-pair curve stays a hundred points."""
+    low = np.log10(1.0 / max(negatives, 1))
+    grid = np.logspace(low, 0.0, points) if low < 0 else np.ones(1)
+    index = np.searchsorted(np.asarray(fpr), grid * (1 + 1e-9), side="right") - 1
+    return np.log10(grid), np.asarray(tpr)[np.clip(index, 0, len(tpr) - 1)]
 
 
 class _DecodedImages:
@@ -85,3 +121,9 @@ class _DecodedImages:
 def _one_per_identity(labels: np.ndarray, count: int) -> np.ndarray:
     _, first = np.unique(labels, return_index=True)
     return np.sort(first)[:count]
+
+
+def _one_per_random_identity(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """One random sample of each of ``count`` randomly drawn identities (fewer if there are fewer)."""
+    identities = rng.permutation(np.unique(labels))[:count]
+    return np.array([rng.choice(np.flatnonzero(labels == identity)) for identity in identities], dtype=np.int64)

@@ -139,30 +139,42 @@ def _draw_annotation(tile: np.ndarray, ann: dict, scale: float, dx: int, dy: int
 
 
 def sample_grid(images: Sequence, annotations: Sequence[dict] | None = None, cols: int = 8,
-                tile_size: int = 128, skeleton: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+                tile_size: int = 128, skeleton: Sequence[tuple[int, int]] | None = None,
+                captions: Sequence[str | None] | None = None, frames: Sequence | None = None) -> np.ndarray:
     """A grid of samples with their ground truth drawn on them.
 
     ``annotations[i]`` follows the sample schema (datamodules/schema.py), in the pixel coordinates
     of ``images[i]``: 'box' and 'boxes' as rectangles, 'landmarks' as dots, 'keypoints' [[x, y, v]]
     as dots joined by ``skeleton`` (pairs of keypoint indices) where both ends have v > 0, and
     'identity' as the caption under the tile. Each image is scaled to fit a tile_size square.
+    ``captions[i]`` (when given and not None) replaces the caption; ``frames[i]`` (an RGB colour or
+    None) draws a frame round the tile and colours its caption, e.g. a prediction right or wrong.
     """
     if len(images) == 0:
         raise ValueError("sample_grid needs at least one image")
     annotations = annotations if annotations is not None else [{} for _ in images]
-    if len(annotations) != len(images):
-        raise ValueError(f"{len(images)} images but {len(annotations)} annotations")
+    captions = captions if captions is not None else [None] * len(images)
+    frames = frames if frames is not None else [None] * len(images)
+    if not len(annotations) == len(captions) == len(frames) == len(images):
+        raise ValueError(f"{len(images)} images but {len(annotations)} annotations, {len(captions)} captions "
+                         f"and {len(frames)} frames")
     cols = max(1, min(cols, len(images)))
     rows = math.ceil(len(images) / cols)
     cell_w, cell_h = tile_size + GAP, tile_size + CAPTION_HEIGHT + GAP
     canvas = _canvas(rows * cell_h + GAP, cols * cell_w + GAP)
-    for i, (image, ann) in enumerate(zip(images, annotations)):
+    for i, (image, ann, caption, frame) in enumerate(zip(images, annotations, captions, frames)):
         tile, scale, dx, dy = _fit(to_rgb_uint8(image), tile_size)
         _draw_annotation(tile, ann, scale, dx, dy, skeleton)
+        if frame is not None:
+            border = max(2, tile_size // 32)
+            cv2.rectangle(tile, (0, 0), (tile_size - 1, tile_size - 1), tuple(int(c) for c in frame), 2 * border - 1)
         x, y = GAP + (i % cols) * cell_w, GAP + (i // cols) * cell_h
         _paste(canvas, tile, x, y)
-        if "identity" in ann:
-            _put_text(canvas, f"id {ann['identity']}", x + tile_size // 2, y + tile_size + 3, anchor="centre")
+        if caption is None and "identity" in ann:
+            caption = f"id {ann['identity']}"
+        if caption:
+            _put_text(canvas, caption, x + tile_size // 2, y + tile_size + 3, anchor="centre",
+                      colour=tuple(int(c) for c in frame) if frame is not None else BLACK)
     return canvas
 
 

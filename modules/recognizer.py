@@ -31,6 +31,7 @@ import torch
 
 from modules.embedding_eval import (EmbeddingEvaluation, EmbeddingEvaluationHooks, PairSet,
                                     evaluate_embeddings, gather_in_dataset_order, held_out_pairs)
+from modules.exportable import Exportable, face_exportable
 from modules.guards import stop_if_not_finite
 from modules.losses.center_loss import CenterLoss
 from modules.losses.margins import MarginHead
@@ -54,15 +55,13 @@ def build_margin_head(margin: dict) -> MarginHead:
 
 
 class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
-    export_prefix = "backbone."  # the embedding network's weights in the state_dict (``visage export``)
-
     def __init__(self, config: dict):
         super().__init__()
         self.save_hyperparameters({"config": config})  # a plain dict: checkpoints must not hold DictConfig
         self.config = config
         model = config["model"]
         self.backbone = build_backbone(model["backbone"], model["embedding_size"], config["data"]["image_size"],
-                                       dropout=model["dropout"])
+                                       dropout=model["dropout"], width=model["width"])
         if model["channels_last"]:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         # built in configure_model: PartialFC shards by the world size, known once DDP has started
@@ -103,6 +102,10 @@ class FaceRecognizer(EmbeddingEvaluationHooks, pl.LightningModule):
         # layout its config names, a no-op for channels_last and one copy on the device otherwise
         layout = torch.channels_last if self.config["model"]["channels_last"] else torch.contiguous_format
         return self.backbone(images.contiguous(memory_format=layout))
+
+    def exportable(self) -> Exportable:
+        """The backbone: what ``visage export`` writes and ``finetune.freeze=[backbone]`` freezes."""
+        return face_exportable(self.config, "backbone")
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -17,7 +17,6 @@ from configs.schema import ConfigError, ExperimentConfig, OptimConfig, at_least,
 from datamodules.face_config import AugmentConfig, FaceDataConfig, SamplerConfig, check_face_data
 from modules.embedder_config import check_face_backbone
 from modules.losses.kinds import margins
-from modules.nets.backbones import FACE_BACKBONES
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 
@@ -53,7 +52,8 @@ class CenterLossConfig:
 
 @dataclass
 class RecognizerModelConfig:
-    backbone: str = "iresnet50"         # iresnet_tiny | iresnet18/34/50/100 | mobilefacenet
+    backbone: str = "iresnet50"         # iresnet_tiny | iresnet18/34/50/100 | mobilefacenet | tiny (the embedder's)
+    width: int = 32                     # channels of the first stage (tiny)
     embedding_size: int = 512
     dropout: float = 0.0                # before the embedding layer (iresnet)
     channels_last: bool = False         # backbone weights and inputs NHWC (faster convolutions on recent GPUs)
@@ -108,8 +108,9 @@ def validate_recognizer(cfg: DictConfig | dict) -> None:
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     model, optim, data = cfg.model, cfg.optim, cfg.data
-    check_face_backbone(cfg, FACE_BACKBONES)
+    check_face_backbone(cfg)
     at_least(model.embedding_size, "model.embedding_size", 1)
+    at_least(model.width, "model.width", 1)
     if not 0.0 <= model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {model.dropout}")
     at_least(model.num_classes, "model.num_classes", 1)

@@ -290,18 +290,24 @@ def slurm_cluster_2nodes(_slurm_two_nodes, monkeypatch) -> LocalSlurmCluster:
 
 # -- submitting `visage` jobs to it -------------------------------------------------------------
 VISAGE = Path(sys.executable).parent / "visage"
+REPO = Path(__file__).resolve().parents[1]
 
 
-def visage_env(cluster: LocalSlurmCluster) -> dict[str, str]:
-    """The submitting shell: SLURM_CONF, `visage` on PATH (jobs inherit it), dashboards off."""
+def visage_env(cluster: LocalSlurmCluster, wandb: str = "disabled") -> dict[str, str]:
+    """The submitting shell: SLURM_CONF, `visage` on PATH (jobs inherit it), dashboards off (or
+    ``wandb="offline"``), and this checkout first on PYTHONPATH: the `visage` script imports the
+    package it was installed from, which may be another checkout (an editable install elsewhere)."""
     path = f"{VISAGE.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, **cluster.env, "PATH": path, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, **cluster.env, "PATH": path, "PYTHONPATH": python_path, "WANDB_MODE": wandb,
+            "PYTHONUNBUFFERED": "1"}
 
 
-def visage_submit(cluster: LocalSlurmCluster, cwd: Path, args: list[str]) -> tuple[str, list[Path]]:
+def visage_submit(cluster: LocalSlurmCluster, cwd: Path, args: list[str], wandb: str = "disabled"
+                  ) -> tuple[str, list[Path]]:
     """Run `visage submit ARGS` in ``cwd``; return the job id and the run directory of each task."""
     out = subprocess.run([str(VISAGE), "submit", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                         env=visage_env(cluster))
+                         env=visage_env(cluster, wandb))
     assert out.returncode == 0, f"visage submit failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
     job = re.search(r"submitted job(?: array)? (\d+)", out.stdout)
     run_dirs = [Path(p) for p in re.findall(r"run directory: (\S+)", out.stdout)]

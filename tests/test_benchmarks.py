@@ -58,3 +58,9 @@ def test_detector_benchmark_runs_against_facenet_pytorch(mtcnn_weights, facenet_
     assert "P/R/O ms" in out and "visage / facenet-pytorch (CPU, 1 thread, one image per call)" in out
     assert "OpenCV Haar cascade" in out  # a row, or the line saying this OpenCV lacks it
     assert "mining rnet crops:" in out and "mining onet crops:" in out
+
+
+def test_metrics_against_torchmetrics_benchmark_runs():
+    out = _run("bench_metrics_vs_torchmetrics.py", "--pairs", "2000", "--queries", "60", "--repeats", "1")
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith(("ROC ", "AUC ", "retrieval "))]
+    assert rows == ["ROC", "AUC", "retrieval"] and out.count("x ") >= 3

@@ -19,6 +19,7 @@ from datamodules.memory_split import MemorySplit
 from datamodules.shard_stream import ShardStream, rank_shards, read_shard
 from datamodules.schema import SampleError
 from datamodules.shards import ShardIndexError, ShardWriter, encode_image, read_index
+from datamodules.tar_reader import tar_records
 from tests.conftest import identity_image, write_identity_split
 
 
@@ -92,14 +93,16 @@ def _write_bad_split(root):
         {"__key__": "unused_field_wrong", "jpg": good, "json": json.dumps({"identity": 1, "box": [1, 2]}).encode()},
         {"__key__": "no_image", "json": ok},
     ])
-    shard("shard-000001.tar", [])  # empty shard
+    shard("shard-000001.tar", [])
+    (split / "shard-000001.tar").write_bytes(b"")  # a shard emptied to 0 bytes: the index says it held 5
+    shards[-1]["samples"] = 5
     for name in ("shard-000002.tar", "shard-000003.tar"):
         shard(name, [{"__key__": f"cut{i}", "jpg": good, "json": ok} for i in range(6)])
     data = (split / "shard-000002.tar").read_bytes()
     (split / "shard-000002.tar").write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
     data = (split / "shard-000003.tar").read_bytes()
     (split / "shard-000003.tar").write_bytes(data[:5 * 1024 * 3])  # cut at a member boundary
-    (split / "index.json").write_text(json.dumps({"schema_version": 1, "split": "train", "num_samples": 21,
+    (split / "index.json").write_text(json.dumps({"schema_version": 1, "split": "train", "num_samples": 26,
                                                   "shards": shards}))
     return split
 
@@ -116,8 +119,10 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path):
     assert counts["bad_json"] == 1
     assert counts["missing_field"] == 2              # no identity + no image
     assert counts["bad_shape"] == 1
-    assert counts["empty_shard"] == 1
-    assert counts["truncated_shard"] == 2
+    # a broken shard counts the samples it lost, as the index tells them
+    assert counts["empty_shard"] == 5
+    read_of_cut = len(list(tar_records(str(split / "shard-000002.tar"), lambda *problem: None)))
+    assert counts["truncated_shard"] == (6 - read_of_cut) + 3   # cut inside a member; cut after 3 samples
 
 
 def test_training_stream_survives_bad_data_and_reports_it(tmp_path):
@@ -135,7 +140,7 @@ def test_training_stream_survives_bad_data_and_reports_it(tmp_path):
 
 
 def test_inspect_command_counts_bad_samples(tmp_path, capsys):
-    from trainers.data_commands import inspect_split
+    from trainers.data_inspect import inspect_split
     split = _write_bad_split(tmp_path)
     assert inspect_split(split) == 1
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from slurm.allocation import (AllocationError, check_allocation, device_count, ensure_master_addr,
                               expand_tasks_per_node, first_host, master_port_for_job)

@@ -19,6 +19,7 @@ from slurm.allocation import resolves
 from tests.conftest import write_identity_split
 from tests.slurm_cluster import FINISHED_STATES, job_logs, visage_env, visage_submit
 from tests.slurm_cluster import _slurm_one_node, slurm_cluster  # noqa: F401 (fixtures used by the tests)
+from tests.wandb_records import offline_runs
 
 pytestmark = pytest.mark.slurm
 
@@ -77,7 +78,9 @@ def wait_until_training(slurm_cluster, job: str, run_dir: Path, deadline: float)
 
 def test_requeue_signal_checkpoints_requeues_and_resumes_without_losing_steps(slurm_cluster, shards, tmp_path):
     max_steps = 5
-    job, (run_dir,) = visage_submit(slurm_cluster, tmp_path, small_run(shards, max_steps, "--gpus-per-node", "2"))
+    job, (run_dir,) = visage_submit(slurm_cluster, tmp_path, small_run(
+        shards, max_steps, "--gpus-per-node", "2", "logging.wandb=offline", "logging.progress_every_n_steps=1"),
+        wandb="offline")
     deadline = time.monotonic() + 400
     wait_until_training(slurm_cluster, job, run_dir, deadline)
     # without --full/--batch, scancel signals the srun tasks only (what --signal=SIGUSR1@90 does)
@@ -106,6 +109,14 @@ def test_requeue_signal_checkpoints_requeues_and_resumes_without_losing_steps(sl
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt")), "a completed run must not leave hpc checkpoints"
     out = (run_dir / "slurm.out").read_text()
     assert f"visage: job {job} restart 0" in out and f"visage: job {job} restart 1" in out
+    # readable progress in the job's output, and one dashboard run across the requeue
+    assert "\r" not in out and "\x1b" not in out
+    starts = [line for line in (run_dir / "train.log").read_text().splitlines() if " fit: starting at " in line]
+    assert [line.split("step=")[1].split()[0] for line in starts] == [f"0/{max_steps}", f"{step}/{max_steps}"]
+    assert all(line in out for line in (run_dir / "train.log").read_text().splitlines())
+    dashboard = json.loads((run_dir / "dashboard.json").read_text())
+    runs = offline_runs(run_dir)
+    assert [run.run_id for run in runs] == [dashboard["id"]] * 2 and dashboard["id"].startswith(f"embedder-triplet-slurm-{job}-")
 
 
 def test_devices_that_do_not_match_the_tasks_fail_fast_with_a_clear_message(slurm_cluster, shards, tmp_path):
@@ -135,7 +146,8 @@ srun visage fit {CONFIG} {overrides} trainer.devices=1 run.root={tmp_path}/runs
 def test_sweep_runs_a_job_array_with_one_run_directory_per_task(slurm_cluster, shards, tmp_path):
     rates = ["0.002", "0.0005"]
     job, run_dirs = visage_submit(slurm_cluster, tmp_path, small_run(
-        shards, 2, "--gpus-per-node", "1", "--sweep", f"optim.lr={','.join(rates)}"))
+        shards, 2, "--gpus-per-node", "1", "logging.wandb=offline", "--sweep", f"optim.lr={','.join(rates)}"),
+        wandb="offline")
     parent = tmp_path.resolve() / "runs" / "embedder-triplet"
     assert run_dirs == [parent / f"slurm-{job}_0", parent / f"slurm-{job}_1"]
     assert slurm_cluster.wait_job(job, timeout=400) == "COMPLETED"
@@ -146,6 +158,9 @@ def test_sweep_runs_a_job_array_with_one_run_directory_per_task(slurm_cluster, s
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == float(rate)
         assert f"visage: array task {task}: optim.lr={rate}" in (run_dir / "slurm.out").read_text()
     assert sorted(p.name for p in parent.iterdir()) == [f"slurm-{job}_0", f"slurm-{job}_1"]
+    # the sweep's tasks: a dashboard run each, in one group
+    (first,), (second,) = (offline_runs(run_dir) for run_dir in run_dirs)
+    assert first.run_id != second.run_id and first.group == second.group == f"embedder-triplet-sweep-{job}"
 
 
 def test_sigterm_leaves_a_checkpoint_to_resume_from(slurm_cluster, shards, tmp_path):

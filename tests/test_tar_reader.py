@@ -37,7 +37,7 @@ def reference_records(path) -> list[dict]:
 
 def read_all(path) -> tuple[list[dict], list[tuple[str, str]]]:
     problems = []
-    records = list(tar_records(str(path), lambda kind, message: problems.append((kind, message))))
+    records = list(tar_records(str(path), lambda kind, message, key=None: problems.append((kind, message))))
     return records, problems
 
 
@@ -159,7 +159,11 @@ def test_cut_inside_a_member_yields_what_came_before_and_reports_the_file(tmp_pa
     assert [kind for kind, _ in problems] == ["truncated_shard"] and str(path) in problems[0][1]
     counter = BadSampleCounter()
     assert len(list(read_shard(str(path), counter, expected=6))) == len(records)
-    assert dict(counter.counts) == {"truncated_shard": 1}  # once: not again for the missing samples
+    # counted in samples: those of the index's 6 that were not read (the half-read one is read, and
+    # fails later as a sample)
+    assert dict(counter.counts) == {"truncated_shard": 6 - len(records)}
+    list(read_shard(str(path), counter, expected=6))
+    assert dict(counter.counts) == {"truncated_shard": 6 - len(records)}  # read again: the same loss, once
 
 
 def test_cut_at_a_member_boundary_is_caught_by_the_index_count(tmp_path):
@@ -172,7 +176,7 @@ def test_cut_at_a_member_boundary_is_caught_by_the_index_count(tmp_path):
     assert records == intact[:3] and not problems  # a shorter valid archive
     counter = BadSampleCounter()
     assert len(list(read_shard(str(path), counter, expected=6))) == 3
-    assert counter.counts["truncated_shard"] == 1 and "3 of the 6" in counter.examples["truncated_shard"]
+    assert dict(counter.counts) == {"truncated_shard": 3} and "3 of the 6" in counter.examples["truncated_shard"]
     path.write_bytes(path.read_bytes() + bytes(300))  # a cut inside the end-of-archive zeros is no error
     assert read_all(path) == (intact[:3], [])
 
@@ -190,7 +194,7 @@ def test_bad_header_checksum_stops_the_shard_with_a_count(tmp_path):
     assert problems == [("corrupt_shard", f"{path}: bad header checksum at byte {third}")]
     counter = BadSampleCounter()
     list(read_shard(str(path), counter, expected=5))
-    assert dict(counter.counts) == {"corrupt_shard": 1}
+    assert dict(counter.counts) == {"corrupt_shard": 3}  # the 3 samples after the bad header
 
 
 def test_malformed_pax_header_and_repeated_fields_are_reported(tmp_path):
@@ -214,13 +218,15 @@ def test_unreadable_empty_and_garbage_files(tmp_path):
     counter = BadSampleCounter()
     missing = tmp_path / "missing.tar"
     assert list(read_shard(str(missing), counter, expected=3)) == []
-    assert dict(counter.counts) == {"corrupt_shard": 1} and str(missing) in counter.examples["corrupt_shard"]
+    assert dict(counter.counts) == {"corrupt_shard": 3} and str(missing) in counter.examples["corrupt_shard"]
 
     empty = tmp_path / "empty.tar"
     empty.write_bytes(b"")
     counter = BadSampleCounter()
     assert list(read_shard(str(empty), counter, expected=3)) == []
-    assert dict(counter.counts) == {"empty_shard": 1}
+    assert dict(counter.counts) == {"empty_shard": 3}
+    counter = BadSampleCounter()
+    assert list(read_shard(str(empty), counter)) == [] and dict(counter.counts) == {"empty_shard": 1}  # no index
 
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(random.Random(1).randbytes(5000))
@@ -232,5 +238,5 @@ def test_unreadable_empty_and_garbage_files(tmp_path):
     write_tar(plain, sample_members(20))
     broken_gzip.write_bytes(gzip.compress(plain.read_bytes())[:400])
     records, problems = read_all(broken_gzip)
-    assert len(problems) == 1 and problems[0][0] in ("corrupt_shard", "truncated_shard")
+    assert len(problems) == 1 and problems[0][0] == "truncated_shard"  # cut short, not malformed
     assert str(broken_gzip) in problems[0][1]

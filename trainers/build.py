@@ -5,6 +5,7 @@ import atexit
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -13,14 +14,20 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.loggers import CSVLogger
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
+from trainers.checkpoint_choice import (checkpoint_to_resume, newest_loadable, require_loadable,
+                                        resume_candidates, run_dir_of)
+from trainers.checkpoint_io import AtomicCheckpointIO, remove_partial_saves
+from trainers.ddp import FreezeAwareDDPStrategy
 from trainers.lightning_trainer import make_trainer
 from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
-from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
+from trainers.curves import CurvesAtEnd
+from trainers.dashboard import DashboardSummary, dashboard_logger
+from trainers.progress import progress_callbacks
+from trainers.run_dir import RUN_DIR_ENV, resolve_run_dir, slurm_run_suffix
 from trainers.tasks import load, task
 
 log = logging.getLogger("visage")
@@ -50,36 +57,29 @@ def build_datamodule(config: dict) -> pl.LightningDataModule:
 
 
 # -- run directory and resuming -------------------------------------------------------------------
-def newest_last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest last.ckpt of a run: its own, or one of its steps' (a run of steps keeps one per step)."""
-    found = [*run_dir.glob("checkpoints/last.ckpt"), *run_dir.glob("*/checkpoints/last.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
-
-
-def latest_run_with_checkpoint(root: Path, name: str) -> Path | None:
-    runs = [(p, last) for p in (Path(root) / name).glob("*") if (last := newest_last_checkpoint(p)) is not None]
-    return max(runs, key=lambda run: run[1].stat().st_mtime, default=(None, None))[0]
-
-
 def choose_run_dir_and_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
-    """The run directory and the checkpoint to resume from (None: start fresh or let SLURM resume)."""
+    """The run directory and the checkpoint to resume from (None: start fresh). Only checkpoints
+    that load are chosen (trainers/checkpoint_choice.py); each one passed over is named, with why."""
+    say = log.warning if is_launcher_or_rank_zero() else log.debug  # every rank looks: one says it
     resume = cfg.run.resume
     if resume not in (None, "auto"):
-        ckpt = Path(resume).resolve()
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else resolve_run_dir(
+        ckpt = require_loadable(Path(resume).resolve())
+        run_dir = run_dir_of(ckpt) if ckpt.parent.name == "checkpoints" else resolve_run_dir(
             cfg.run.root, cfg.run.name, cfg.run.id)
         return run_dir, str(ckpt)
     if resume == "auto" and not cfg.run.id and not os.environ.get(RUN_DIR_ENV) and not slurm_run_suffix(os.environ):
-        previous = latest_run_with_checkpoint(Path(cfg.run.root), cfg.run.name)
-        if previous is not None:  # a run of steps resumes step by step (trainers/fitting.py)
-            last = previous / "checkpoints" / "last.ckpt"
-            return previous, str(last) if last.is_file() else None
+        runs = [p for p in (Path(cfg.run.root) / cfg.run.name).glob("*") if p.is_dir()]
+        steps = [step for run in runs for step in run.iterdir() if (step / "checkpoints").is_dir()]
+        previous = newest_loadable(resume_candidates([*runs, *steps]), say)
+        if previous is not None:
+            owner = run_dir_of(previous)
+            if owner in steps:  # a step of a run of steps: the run resumes step by step (trainers/fitting.py)
+                return owner.parent, None
+            return owner, str(previous)
     run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id)
-    if resume == "auto":
-        if list(run_dir.glob("hpc_ckpt_*.ckpt")):
-            return run_dir, None  # Lightning's SLURM resume picks the newest hpc_ckpt itself
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return run_dir, str(last) if last.is_file() else None
+    if resume == "auto" or list(run_dir.glob("hpc_ckpt_*.ckpt")):  # a requeued SLURM job resumes by itself
+        ckpt = checkpoint_to_resume(run_dir, say)
+        return run_dir, str(ckpt) if ckpt is not None else None
     return run_dir, None
 
 
@@ -88,6 +88,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     os.environ[RUN_DIR_ENV] = str(run_dir)  # ranks started by Lightning's launcher inherit it
     if is_launcher_or_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_saves(run_dir, run_dir / "checkpoints")  # left by a save that was killed
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -99,8 +100,9 @@ def _strategy(trainer: DictConfig):
         return "auto"
     backend = "gloo" if trainer.accelerator == "cpu" else None
     start = "spawn" if trainer.strategy == "ddp_spawn" else "popen"
-    return DDPStrategy(start_method=start, process_group_backend=backend,
-                       timeout=timedelta(seconds=trainer.ddp_timeout_s))
+    # DDP for the parameters that train now: none with a frozen backbone, more after an unfreeze
+    return FreezeAwareDDPStrategy(start_method=start, process_group_backend=backend,
+                                  timeout=timedelta(seconds=trainer.ddp_timeout_s))
 
 
 def csv_version(run_dir: Path) -> str:
@@ -112,17 +114,10 @@ def csv_version(run_dir: Path) -> str:
     return next(f"csv-{k}" for k in range(1, 10_000) if f"csv-{k}" not in taken)
 
 
-def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+def _loggers(cfg: DictConfig, run_dir: Path, stage: str, checkpoint: str | None) -> list:
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_version(run_dir))]
-    mode = cfg.logging.wandb
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        log.warning("logging.wandb=online but WANDB_API_KEY is not set: logging offline instead")
-        mode = "offline"
-    if mode != "disabled":
-        loggers.append(WandbLogger(save_dir=str(run_dir), project=cfg.logging.project, entity=cfg.logging.entity,
-                                   name=f"{cfg.run.name}/{run_dir.name}", id=dashboard_run_id(run_dir),
-                                   mode=mode, config=to_plain(cfg)))
-    return loggers
+    dashboard = dashboard_logger(cfg, run_dir, stage, checkpoint)
+    return loggers + ([dashboard] if dashboard is not None else [])
 
 
 @dataclass
@@ -137,7 +132,11 @@ class Run:
     resume_from: str | None
 
 
-def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, extra_callbacks=()) -> Run:
+def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, extra_callbacks=(),
+              stage: str = "fit") -> Run:
+    """``stage``: fit, or the evaluation (validate, test, predict) of the checkpoint ``resume_from``:
+    an evaluation writes no checkpoints and gets a dashboard run of its own, grouped with the
+    checkpoint's training run."""
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
     config = to_plain(cfg)
     module = build_module(config)
@@ -149,12 +148,27 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     # replaced at every validation (no -v1 copies when a resumed run writes into the same folder)
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
                            enable_version_counter=False)
-    metrics = ValidationMetricsToDict()
-    callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
+    metrics = ValidationMetricsToDict(module.monitor)
+    progress, bar = progress_callbacks(run_dir, cfg.logging.progress_every_n_steps, metrics,
+                                       want_bar=cfg.trainer.enable_progress_bar is not False,
+                                       want_summary=cfg.trainer.enable_model_summary is not False)
+    fitting = stage == "fit"
+    # An evaluation saves no checkpoints: with checkpoint callbacks, loading the evaluated checkpoint
+    # warned (twice) that their folder differs from the one it was trained in. Without them Lightning
+    # asks for "the callbacks used to create the checkpoint": their state (best paths, fine-tuning
+    # phase) is of no use to an evaluation, so in an evaluation's process that request is noise.
+    if not fitting:
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
+    for_fit = [checkpoint, last, LearningRateMonitor(logging_interval="step"), CurvesAtEnd(run_dir, metric)]
+    callbacks = [*(for_fit if fitting else []), metrics, *progress, BadDataReport(), DashboardSummary(metrics),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
                  RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
-    trainer = make_trainer(config["trainer"], strategy=_strategy(cfg.trainer), default_root_dir=str(run_dir),
-                           use_distributed_sampler=False, logger=_loggers(cfg, run_dir), callbacks=callbacks)
+    # the bar only in a terminal (trainers/progress.py); an evaluation writes no checkpoints
+    section = {**config["trainer"], "enable_progress_bar": bar}
+    trainer = make_trainer(section, strategy=_strategy(cfg.trainer), default_root_dir=str(run_dir),
+                           use_distributed_sampler=False, enable_checkpointing=fitting,
+                           plugins=[AtomicCheckpointIO()],  # never half-written
+                           logger=_loggers(cfg, run_dir, stage, resume_from), callbacks=callbacks)
     return Run(cfg, run_dir, module, datamodule, trainer, checkpoint, metrics, resume_from)
 
 

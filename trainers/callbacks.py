@@ -4,6 +4,7 @@ A task's own callbacks (its pictures) come from its module's ``configure_callbac
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -65,12 +66,42 @@ class SlurmBookkeeping(pl.Callback):
 
 
 class ValidationMetricsToDict(pl.Callback):
-    """Keeps the last validation metrics as plain floats (for metrics.json)."""
+    """Keeps the last validation metrics as plain floats (for metrics.json) with the global step they
+    were measured at, and, during fit, the best value of the monitored metric and its step (kept in
+    checkpoints: it survives resumes and requeues).
 
-    def __init__(self):
+    Callbacks that report validations (progress lines, the dashboard summary) are given this one
+    and call ``update`` first: updating twice for one validation changes nothing."""
+
+    def __init__(self, monitor: tuple[str, str] | None = None):
         self.metrics: dict[str, float] = {}
+        self.step: int | None = None
+        self.metric, self.direction = monitor or (None, "max")
+        self.best: tuple[float, int] | None = None  # (value, global step)
+
+    def update(self, trainer) -> None:
+        if trainer.sanity_checking:
+            return
+        self.metrics = scalar_metrics(trainer.callback_metrics, "val/")
+        self.step = trainer.global_step
+        value = self.metrics.get(self.metric)
+        if trainer.state.fn == "fit" and value is not None and math.isfinite(value):
+            better = self.best is None or (value > self.best[0] if self.direction == "max" else value < self.best[0])
+            if better or self.best == (value, self.step):
+                self.best = (value, self.step)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                            if k.startswith("val/") and isinstance(v, (torch.Tensor, float, int))}
+        self.update(trainer)
+
+    def state_dict(self) -> dict:
+        return {"best": list(self.best) if self.best else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        best = state_dict.get("best")
+        self.best = (float(best[0]), int(best[1])) if best else None
+
+
+def scalar_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    """The one-number metrics whose names start with ``prefix``, as plain floats."""
+    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, (torch.Tensor, float, int))
+            and (not isinstance(v, torch.Tensor) or v.numel() == 1)}

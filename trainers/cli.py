@@ -1,4 +1,4 @@
-"""The `visage` command: fit | validate | test | predict | data | submit | export."""
+"""The `visage` command: fit | validate | test | predict | data | submit | export | compare."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from configs.errors import VisageError
-from configs.schema import ConfigError
+from configs.schema import ConfigError, to_plain
 from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainers.detect import add_detect_parser  # noqa: PLC0415
 
     add_detect_parser(sub)
+    from trainers.compare import add_compare_parser  # noqa: PLC0415
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -152,14 +155,24 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     launcher_run_dir = os.environ.get(RUN_DIR_ENV)
+    code = 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return code
     except VisageError as err:  # errors with a clear message of their own: no traceback noise
         kind = "config error" if isinstance(err, ConfigError) else "error"
         print(f"visage: {kind}: {err}", file=sys.stderr)
-        return err.exit_code
+        code = err.exit_code
+        return code
+    except SystemExit as exit_:  # a requeue or SIGTERM leaves through SystemExit
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        raise
     finally:  # the run directory chosen for this command's ranks must not leak into a later command
         _restore_env(RUN_DIR_ENV, launcher_run_dir)
+        if "wandb" in sys.modules:
+            from trainers.dashboard import finish_dashboard_run  # noqa: PLC0415
+
+            finish_dashboard_run(code)
 
 
 def _restore_env(name: str, value: str | None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trainers.tasks import TASKS
+
 
 def add_data_parser(sub) -> None:
     data = sub.add_parser("data", help="write, convert and inspect webdataset shards")
@@ -68,6 +70,10 @@ def add_data_parser(sub) -> None:
 
     inspect = data_sub.add_parser("inspect", help="summarise a split and count bad samples")
     inspect.add_argument("split", help="a split folder holding index.json")
+    inspect.add_argument("--task", choices=sorted(TASKS),
+                         help="check the fields this task needs, as its training does (default: the whole schema)")
+    inspect.add_argument("--verify", action="store_true",
+                         help="compare every sample with the checksum written into index.json with it")
     inspect.set_defaults(func=run)
 
 
@@ -121,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
     if args.data_command == "inspect":
-        return inspect_split(Path(args.split))
+        from trainers.data_inspect import inspect_split  # noqa: PLC0415
+
+        return inspect_split(Path(args.split), args.task, args.verify)
     raise AssertionError(args.data_command)
 
 
@@ -137,24 +145,3 @@ def mine_crops(args: argparse.Namespace) -> int:
     return 0
 
 
-def inspect_split(split: Path) -> int:
-    from datamodules.bad_samples import BadSampleCounter  # noqa: PLC0415
-    from datamodules.decoding import decode_sample  # noqa: PLC0415
-    from datamodules.shard_stream import read_shard  # noqa: PLC0415
-    from datamodules.schema import SampleError  # noqa: PLC0415
-    from datamodules.shards import read_index  # noqa: PLC0415
-
-    index = read_index(split)
-    counter, good = BadSampleCounter(), 0
-    for url, expected in index.shards:
-        for raw in read_shard(url, counter, expected):
-            try:
-                decode_sample(raw, (), check_all=True)
-                good += 1
-            except SampleError as err:
-                counter.add(err.kind, str(err))
-    bad = {k: v for k, v in counter.counts.items() if v}
-    print(f"{split}: {len(index.shards)} shards, {index.num_samples} samples in the index, {good} readable, "
-          f"{index.num_identities} identities, fields: {', '.join(index.fields)}")
-    print(f"bad: {bad or 'none'}")
-    return 0 if not bad else 1

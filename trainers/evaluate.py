@@ -113,7 +113,8 @@ def evaluate(args, check_cluster: Callable[[DictConfig], None]) -> int:
     check_cluster(cfg)
     run_id = cfg.run.id if "run.id" in override_keys(overrides) else None  # a training run's id is not ours
     folder = evaluation_dir(args.command, cfg, args.ckpt, run_id)
-    run = build_run(cfg, folder)  # Lightning's refusals of the trainer settings are ConfigErrors here
+    # Lightning's refusals of the trainer settings are ConfigErrors here
+    run = build_run(cfg, folder, args.ckpt, stage=args.command)
     if checkpoint is not None:
         check_weights_fit(run.module, checkpoint["state_dict"], args.ckpt, differences)
     if talk:

@@ -36,6 +36,8 @@ class FinetuneReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    file_keys: list[str] = field(default_factory=list)  # the file's tensor names, before rewriting
+    source_config: dict | None = None  # the config a Visage checkpoint was trained with, if it holds one
 
     def format(self, max_keys: int = 10) -> str:
         """A readable multi-line summary; each list shows at most ``max_keys`` keys."""
@@ -123,6 +125,13 @@ def _first_components(keys: Sequence[str] | set[str]) -> list[str]:
     return sorted({key.split(".", 1)[0] + "." for key in keys if "." in key})
 
 
+def _config_of(content: object) -> dict | None:
+    """The experiment config a Visage checkpoint stores in its hyperparameters (None for others)."""
+    hyper = content.get("hyper_parameters") if isinstance(content, Mapping) else None
+    config = hyper.get("config") if isinstance(hyper, Mapping) else None
+    return config if isinstance(config, Mapping) else None
+
+
 def _guess_prefix_map(file_keys: Sequence[str], model_keys: set[str]) -> dict[str, str]:
     """Strip one leading component of the file's keys ('model.', 'module.'), or add one of the
     model's ('net.'), whichever matches the most model keys, if that beats the keys as they are."""
@@ -154,7 +163,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike,
     Raises FileNotFoundError / ValueError naming the file when it is missing or unreadable.
     """
     path = os.fspath(path)
-    file_state, source = _unwrap_state_dict(_read_checkpoint(path, allow_unsafe_pickle), path)
+    content = _read_checkpoint(path, allow_unsafe_pickle)
+    file_state, source = _unwrap_state_dict(content, path)
     model_state = model.state_dict()
     if prefix_map is None:
         prefix_map = _guess_prefix_map(list(file_state), set(model_state))
@@ -166,7 +176,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike,
                              f"{model_key!r} under prefix_map {prefix_map}")
         by_model_key[model_key] = file_key
 
-    report = FinetuneReport(path=path, source=source, prefix_map=dict(prefix_map))
+    report = FinetuneReport(path=path, source=source, prefix_map=dict(prefix_map),
+                            file_keys=list(file_state), source_config=_config_of(content))
     to_load = {}
     for model_key, file_key in by_model_key.items():
         tensor = file_state[file_key]

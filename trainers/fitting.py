@@ -15,7 +15,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from configs.schema import ConfigError
+from configs.schema import ConfigError, to_plain
 from configs.steps import Step
 from trainers.build import Run, build_run, write_metrics
 from trainers.config import apply_overrides
@@ -52,13 +52,18 @@ def check_freeze_paths(cfg: DictConfig, module) -> None:
             raise ConfigError(f"finetune.freeze: {err}") from None
 
 
-def load_finetune_weights(cfg: DictConfig, run: Run) -> None:
+def load_finetune_weights(cfg: DictConfig, run: Run):
+    """The ``finetune.from`` weights loaded into the module (ConfigError when too little of them fits);
+    the report, or None when nothing was asked for."""
     if not cfg.finetune["from"] or run.resume_from:
-        return
-    from trainers.finetune import load_pretrained  # noqa: PLC0415
+        return None
+    from trainers.finetune_guard import load_finetune_weights as load_checked  # noqa: PLC0415
 
-    report = load_pretrained(run.module, cfg.finetune["from"], dict(cfg.finetune["prefix_map"]) or None)
-    if run.trainer.is_global_zero:
+    return load_checked(run.module, to_plain(cfg))
+
+
+def write_finetune_report(run: Run, report) -> None:
+    if report is not None and run.trainer.is_global_zero:
         print(report.format(), flush=True)
         (run.run_dir / "finetune_report.txt").write_text(report.format())
 
@@ -76,21 +81,26 @@ def once(action: Callable[[], None] | None) -> Callable[[], None]:
 
 def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None, final_validation: bool = True,
             prepare_dir: Callable[[], None] | None = None) -> FitOutcome:
-    """Build; then ``prepare_dir`` (the run directory is written only once the run is built, so a setting
-    Lightning refuses leaves nothing behind); make the data, train; then the validation metrics of the
-    trained model in metrics.json."""
+    """Build and load the fine-tuning weights; then ``prepare_dir`` (the run directory is written only once
+    the run is built, so a setting Lightning refuses or weights that do not fit leave nothing behind);
+    make the data, train; then the validation metrics of the trained model in metrics.json."""
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=finetune_callbacks(cfg))
     check_freeze_paths(cfg, run.module)
+    report = load_finetune_weights(cfg, run)
     once(prepare_dir)()
+    write_finetune_report(run, report)
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
-    load_finetune_weights(cfg, run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
     if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
         print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
               f"run.resume={run_dir / 'checkpoints' / 'last.ckpt'} (under SLURM: scontrol requeue)", file=sys.stderr)
         return FitOutcome(run, {}, INTERRUPTED)
-    final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False) if final_validation else None
+    # validate the final weights, unless fit's last validation already did (it would be logged twice)
+    validated_last = run.metrics.metrics and run.metrics.step == run.trainer.global_step
+    final = None
+    if final_validation and not validated_last:
+        final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
     if run.trainer.is_global_zero:
         write_metrics(run, metrics)

@@ -33,8 +33,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from trainers.dashboard import finish_dashboard_run
 
 log = logging.getLogger("visage")
 
@@ -112,6 +114,9 @@ class RequeueAtStepBoundary(pl.Callback):
     def _leave(self, trainer: pl.Trainer) -> None:
         for logger in trainer.loggers:  # what was logged so far reaches the disk
             logger.save()
+        # the dashboard run too: wandb's own process dies with the job step when SLURM requeues it
+        # (a requeue soon after the start left an empty offline run); the requeued job resumes it
+        finish_dashboard_run(0)
         # No collective from here on. The requeue makes SLURM send SIGTERM; Lightning's SIGTERM
         # handler would start a broadcast while ranks are leaving, so SIGTERM simply ends the process.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -103,7 +103,7 @@ def _read_split_samples(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
             try:
                 sample = decode_sample(raw, ("identity",))
             except SampleError as err:
-                counter.add(err.kind, f"{url}: {err}")
+                counter.add(err.kind, f"{url}: {err}", item=(url, raw.get("__key__")))
                 continue
             images.append(raw.get("jpg") or raw["png"])
             identities.append(int(sample.annotation["identity"]))

@@ -9,9 +9,10 @@ from __future__ import annotations
 FACE_BACKBONES = ("iresnet_tiny", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet")
 TINY = "tiny"  # TinyNet: the embedder's CPU default
 TINY_DOWNSAMPLING = 16  # TinyNet halves the image four times
+BACKBONES = (TINY, *FACE_BACKBONES)  # every face task takes each of them: weights move between tasks
 
 
-def check_backbone(name: str, image_size: int, choices: tuple[str, ...] = (TINY, *FACE_BACKBONES)) -> None:
+def check_backbone(name: str, image_size: int, choices: tuple[str, ...] = BACKBONES) -> None:
     """``name`` is a backbone of ``choices`` that can take ``image_size`` x ``image_size`` inputs."""
     from configs.errors import ParameterError  # noqa: PLC0415 (a tiny, torch-free module)
 
@@ -22,8 +23,14 @@ def check_backbone(name: str, image_size: int, choices: tuple[str, ...] = (TINY,
                                            f"{TINY_DOWNSAMPLING}, got {image_size}")
 
 
+def shape_parameters(name: str) -> tuple[str, ...]:
+    """The parameters of ``build_backbone`` besides the name that decide the shapes of its weights
+    (what a network must share with exported weights to load them)."""
+    return ("width", "embedding_size", "image_size") if name == TINY else ("embedding_size", "image_size")
+
+
 def build_backbone(name: str, embedding_size: int, image_size: int, dropout: float = 0.0, width: int = 32):
-    """``name``: "tiny" or one of ``FACE_BACKBONES`` (``width`` is TinyNet's, ``dropout`` an iresnet's)."""
+    """``name``: one of ``BACKBONES`` (``width`` is TinyNet's, ``dropout`` an iresnet's)."""
     check_backbone(name, image_size)
     if name == TINY:
         from modules.nets.tiny import TinyNet  # noqa: PLC0415
