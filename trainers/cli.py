@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from configs.errors import VisageError
-from configs.schema import ConfigError, to_plain
+from configs.schema import ConfigError
 from trainers.config import load_config
 from trainers.run_dir import RUN_DIR_ENV
 

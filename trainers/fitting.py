@@ -122,12 +122,12 @@ def handed_checkpoint(step_dir: Path) -> Path:
 
 
 def step_resume_point(step_dir: Path) -> str | None:
-    """Where an unfinished training step continues: Lightning's SLURM checkpoint (it finds that one
-    itself), else the step's last.ckpt, else from the start."""
-    if list(step_dir.glob("hpc_ckpt_*.ckpt")):
-        return None
-    last = step_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    """Where an unfinished training step continues: its newest checkpoint that loads (a SLURM one
+    included), else from the start."""
+    from trainers.checkpoint_choice import checkpoint_to_resume  # noqa: PLC0415
+
+    found = checkpoint_to_resume(step_dir) if step_dir.is_dir() else None
+    return str(found) if found is not None else None
 
 
 def step_finished(step: Step, step_dir: Path) -> bool:
