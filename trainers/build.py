@@ -14,11 +14,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.strategies import DDPStrategy
 
 from configs.schema import to_plain
 from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetricsToDict
-from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
+from trainers.rank_launcher import WatchedDDPStrategy
+from trainers.requeue import StopAtStepBoundary
+from trainers.resume_step import LoggedStepAfterResume
 from trainers.run_dir import RUN_DIR_ENV, dashboard_run_id, resolve_run_dir, slurm_run_suffix
 from trainers.tasks import load, task
 
@@ -91,8 +92,8 @@ def _strategy(trainer: DictConfig):
         return "auto"
     backend = "gloo" if trainer.accelerator == "cpu" else None
     start = "spawn" if trainer.strategy == "ddp_spawn" else "popen"
-    return DDPStrategy(start_method=start, process_group_backend=backend,
-                       timeout=timedelta(seconds=trainer.ddp_timeout_s))
+    return WatchedDDPStrategy(start_method=start, process_group_backend=backend,
+                              timeout=timedelta(seconds=trainer.ddp_timeout_s))
 
 
 def csv_version(run_dir: Path) -> str:
@@ -142,9 +143,10 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
                            enable_version_counter=False)
     metrics = ValidationMetricsToDict()
-    callbacks = [checkpoint, last, metrics, BadDataReport(), LearningRateMonitor(logging_interval="step"),
+    callbacks = [LoggedStepAfterResume(), checkpoint, last, metrics, BadDataReport(),
+                 LearningRateMonitor(logging_interval="step"),
                  SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
-                 RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
+                 StopAtStepBoundary(), *extra_callbacks]
     t = cfg.trainer
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices if not OmegaConf.is_list(t.devices) else list(t.devices),
