@@ -290,12 +290,16 @@ def slurm_cluster_2nodes(_slurm_two_nodes, monkeypatch) -> LocalSlurmCluster:
 
 # -- submitting `visage` jobs to it -------------------------------------------------------------
 VISAGE = Path(sys.executable).parent / "visage"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def visage_env(cluster: LocalSlurmCluster) -> dict[str, str]:
-    """The submitting shell: SLURM_CONF, `visage` on PATH (jobs inherit it), dashboards off."""
+    """The submitting shell: SLURM_CONF, `visage` on PATH (jobs inherit it), dashboards off, and this
+    checkout first on PYTHONPATH: an editable install may point `visage` at another checkout."""
     path = f"{VISAGE.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, **cluster.env, "PATH": path, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, **cluster.env, "PATH": path, "PYTHONPATH": python_path, "WANDB_MODE": "disabled",
+            "PYTHONUNBUFFERED": "1"}
 
 
 def visage_submit(cluster: LocalSlurmCluster, cwd: Path, args: list[str]) -> tuple[str, list[Path]]:
