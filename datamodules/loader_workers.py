@@ -66,9 +66,12 @@ class WorkerInit:
         self.rank, self.seeded = rank, seeded
 
     def __call__(self, worker_id: int) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # already, when forked by WorkerLoader
-        threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), daemon=True,
-                         name="visage-sigterm").start()
+        if hasattr(signal, "sigwaitinfo"):  # not on macOS: there SIGTERM keeps PyTorch's handling
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # already, if forked by WorkerLoader
+            threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), daemon=True,
+                             name="visage-sigterm").start()
+        else:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # drops one that came meanwhile
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         if self.seeded and int(os.environ.get("PL_SEED_WORKERS", 0)):

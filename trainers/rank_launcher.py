@@ -67,9 +67,9 @@ class WatchedDDPStrategy(DDPStrategy):
             detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             address = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
             raise RendezvousTimeout(
-                f"the {self.world_size} ranks of trainer.num_nodes={self.num_nodes} x {self.num_processes} devices "
-                f"did not all meet at MASTER_ADDR:MASTER_PORT={address} within {rendezvous_s:.0f} s ({detail}): "
-                f"start every node (NODE_RANK 0..{self.num_nodes - 1}) with the same MASTER_ADDR and MASTER_PORT, "
+                f"the {self.world_size} ranks (trainer.num_nodes={self.num_nodes} x "
+                f"trainer.devices={self.num_processes}) did not all meet at MASTER_ADDR:MASTER_PORT={address} "
+                f"within {rendezvous_s:.0f} s ({detail}): start every node (NODE_RANK 0..{self.num_nodes - 1}) with the same MASTER_ADDR and MASTER_PORT, "
                 "or lower trainer.num_nodes") from None
         finally:
             self._timeout = collective_timeout

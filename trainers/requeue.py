@@ -71,7 +71,7 @@ class StopAtStepBoundary(pl.Callback):
         if stage != "fit" or self.active or threading.current_thread() is not threading.main_thread():
             return
         self.requeue_active = self._slurm_auto_requeue(trainer)
-        if not stop_signals.installed():  # `visage fit` installs them first thing; a bare Trainer here
+        if not stop_signals.installed(self.requeue_active):  # `visage fit` installs them first thing
             stop_signals.install(requeue=self.requeue_active)
         REQUESTS.terminate = REQUESTS.requeue = False  # a signal before this point ended the command
         REQUESTS.stopped_after_training = None

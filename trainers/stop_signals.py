@@ -150,8 +150,10 @@ def install(requeue: bool) -> None:
         REQUESTS.previous[signum] = signal.signal(signum, handler)
 
 
-def installed() -> bool:
-    return signal.getsignal(signal.SIGTERM) is _on_sigterm
+def installed(requeue: bool) -> bool:
+    """Our handlers are in place for this process (with the requeue signal's, if ``requeue``)."""
+    return REQUESTS.pid == os.getpid() and signal.getsignal(signal.SIGTERM) is _on_sigterm and (
+        not requeue or signal.getsignal(REQUEUE_SIGNAL) is _on_requeue_signal)
 
 
 def uninstall() -> None:
