@@ -82,13 +82,13 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
         signal.signal(signum, handler)
 
 
-def fit(root: Path, *callbacks: pl.Callback) -> tuple[pl.Trainer, TinyRegressor]:
+def fit(root: Path, *callbacks: pl.Callback, accumulate: int = 1) -> tuple[pl.Trainer, TinyRegressor]:
     pl.seed_everything(3, verbose=False)
     model = TinyRegressor()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=MAX_STEPS, default_root_dir=str(root),
                          logger=CSVLogger(str(root), name="", version="csv"), log_every_n_steps=1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[StopAtStepBoundary(), *callbacks])
+                         accumulate_grad_batches=accumulate, callbacks=[StopAtStepBoundary(), *callbacks])
     trainer.fit(model)
     return trainer, model
 
@@ -166,6 +166,20 @@ def test_sigterm_outside_slurm_leaves_last_ckpt_that_resumes_exactly(tmp_path, m
     reference = reference_weights(tmp_path)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-7)
+
+
+def test_with_gradient_accumulation_the_checkpoint_waits_for_the_optimizer_step(fake_slurm, tmp_path):
+    """Signalled at the first of two accumulated batches: saved after the second (where the optimizer
+    stepped), not between them (the first batch's gradients would be lost), and resumed exactly."""
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        fit(root, SendSignal(signal.SIGTERM, at=1), accumulate=2)
+    checkpoint = torch.load(root / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2 and adam_steps(checkpoint) == {2.0}
+    _, model = fit(root, accumulate=2)
+    _, reference = fit(tmp_path / "uninterrupted", accumulate=2)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[name], rtol=0, atol=1e-7)
 
 
 def test_inactive_outside_slurm(tmp_path, monkeypatch):

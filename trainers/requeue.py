@@ -99,6 +99,10 @@ class StopAtStepBoundary(pl.Callback):
                            batch_idx: int) -> None:
         if not self.active or self.saved is not None:
             return
+        # a step boundary is where the optimizer stepped: mid-accumulation the gradients would be lost
+        # (every rank accumulates alike, so all skip the same batches)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
+            return
         requeue, terminate = self._agreed(trainer, pl_module)
         if not (requeue or terminate):
             return
