@@ -200,9 +200,7 @@ def _install_stop_handlers(argv: list[str]) -> None:
         stop_signals.install(requeue=under_slurm(os.environ))
 
 
-def main(argv: list[str] | None = None) -> int:
-    _install_stop_handlers(list(sys.argv[1:] if argv is None else argv))  # before anything slow
-    _quiet_libraries()
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow an option (`fit CONFIG --print-config a=1`)
@@ -210,9 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    _install_stop_handlers(list(sys.argv[1:] if argv is None else argv))  # before anything slow
     launcher_run_dir = os.environ.get(RUN_DIR_ENV)
     code = 1
     try:
+        _quiet_libraries()
+        args = _parse(argv)
         code = int(args.func(args) or 0)
     except VisageError as err:  # errors with a clear message of their own: no traceback noise
         kind = "config error" if isinstance(err, ConfigError) else "error"
