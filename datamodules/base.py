@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from datamodules.batchers import PlainBatcher
 from datamodules.collate import collate, normalize_images
 from datamodules.epoch_loader import EpochLoader
+from datamodules.loader_workers import WorkerInit, WorkerLoader
 from datamodules.memory_split import MemorySplit
 from datamodules.shard_stream import ShardStream
 from datamodules.shards import SplitIndex, read_index
@@ -82,9 +83,10 @@ class ShardDataModule(pl.LightningDataModule):
             return int(self.data["batches_per_epoch"])
         return max(1, math.ceil(self.train_index.num_samples / (self.data["batch_size"] * self.world)))
 
-    def _progress(self) -> tuple[int, int]:
+    def _trainer_epoch(self) -> tuple[int, int] | None:
+        """The trainer's epoch and the batches it has completed in it (None without a trainer)."""
         if self.trainer is None:
-            return 0, 0
+            return None
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> EpochLoader:
@@ -92,15 +94,16 @@ class ShardDataModule(pl.LightningDataModule):
         stream = ShardStream(list(self.train_index.shards), self.train_transform(), self.batcher(), fields,
                              seed=self.seed, shuffle_buffer=self.data["shuffle_buffer"])
         stream.rank, stream.world = self.rank, self.world
-        return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], progress=self._progress)
+        return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], trainer_epoch=self._trainer_epoch)
 
     def evaluation_loader(self, dataset: Dataset) -> DataLoader:
         """A loader over an evaluation dataset, split across ranks when there are several."""
         sampler = None
         if self.world > 1:  # pads by repeating samples: equal batch counts; duplicates share an index
             sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.data["val_batch_size"], sampler=sampler,
-                          num_workers=min(self.data["num_workers"], 2), collate_fn=collate)
+        return WorkerLoader(dataset, batch_size=self.data["val_batch_size"], sampler=sampler,
+                            num_workers=min(self.data["num_workers"], 2), collate_fn=collate,
+                            worker_init_fn=WorkerInit(self.rank, seeded=True))
 
     def val_dataloader(self) -> DataLoader:
         return self.evaluation_loader(self.val_split)

@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from datamodules.bad_samples import BadSampleCounter
 from datamodules.decoding import decode_sample
 from datamodules.schema import SampleError
+from datamodules.starvation import FruitlessReads, no_shards
 from datamodules.tar_reader import tar_records
 
 log = logging.getLogger(__name__)
@@ -107,18 +108,23 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         return self.batches_per_epoch // workers + int(worker < self.batches_per_epoch % workers)
 
-    def _raw_records(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
-        """Records from ``interleave`` randomly drawn shards of this worker's part at a time, mixed
-        record by record."""
+    def _part(self) -> list:
+        """The shards this loader worker reads: its rank's, split again among the rank's workers."""
         info = get_worker_info()
         shards = rank_shards(self.shards, self.rank, self.world)
-        if info is not None:
-            shards = shard_part(shards, info.id, info.num_workers)
+        return shard_part(shards, info.id, info.num_workers) if info is not None else shards
+
+    def _raw_records(self, shards: list, rng: random.Random, counter: BadSampleCounter,
+                     reads: FruitlessReads) -> Iterator[dict]:
+        """Records from ``interleave`` randomly drawn shards of this worker's part at a time, mixed
+        record by record."""
+        if not shards:
+            raise no_shards(self.rank)
         open_shards: list[Iterator[dict]] = []
         while True:
             while len(open_shards) < self.interleave:
                 url, expected = rng.choice(shards)
-                open_shards.append(read_shard(url, counter, expected))
+                open_shards.append(_counted(url, read_shard(url, counter, expected), reads))
             i = rng.randrange(len(open_shards))
             raw = next(open_shards[i], None)
             if raw is None:
@@ -126,18 +132,21 @@ class ShardStream(IterableDataset):
                 continue
             yield raw
 
-    def _samples(self, records: Iterator[dict], counter: BadSampleCounter) -> Iterator[dict]:
+    def _samples(self, records: Iterator[dict], counter: BadSampleCounter, reads: FruitlessReads) -> Iterator[dict]:
         """Decoded and transformed samples; bad ones are counted and skipped."""
         for raw in records:
             try:
                 sample = self.transform(decode_sample(raw, self.required))
             except SampleError as err:
                 counter.add(err.kind, str(err), item=(raw.get("__url__"), raw.get("__key__")))
+                reads.bad_record(raw.get("__url__"), raw.get("__key__"))
                 continue
             except Exception as err:  # an augmentation that fails on odd input: skip, count
                 counter.add("transform_failed", f"sample {raw.get('__key__')!r}: {err!r}",
                             item=(raw.get("__url__"), raw.get("__key__")))
+                reads.bad_record(raw.get("__url__"), raw.get("__key__"))
                 continue
+            reads.good_sample()
             yield sample
 
     def _shuffled(self, records: Iterator[dict], rng: random.Random) -> Iterator[dict]:
@@ -159,7 +168,19 @@ class ShardStream(IterableDataset):
             self.transform.reseed(rng.getrandbits(32))
         self.epoch += 1  # a persistent worker's copy counts epochs by itself
         counter = BadSampleCounter()
-        samples = self._samples(self._shuffled(self._raw_records(rng, counter), rng), counter)
+        shards, info = self._part(), get_worker_info()
+        reads = FruitlessReads([url for url, _ in shards], self.rank, info.id if info else 0,
+                               info.num_workers if info else 1)
+        samples = self._samples(self._shuffled(self._raw_records(shards, rng, counter, reads), rng), counter, reads)
         for batch in self.batcher(samples, rng, self._worker_batches()):
             batch["bad_samples"] = counter.take()
             yield batch
+
+
+def _counted(url: str, records: Iterator[dict], reads: FruitlessReads) -> Iterator[dict]:
+    """One read of a shard, reported to ``reads`` with its record count once it reaches the end."""
+    count = 0
+    for raw in records:
+        count += 1
+        yield raw
+    reads.read_to_end(url, count)

@@ -16,6 +16,7 @@ import subprocess
 from typing import Any, Mapping, MutableMapping
 
 from configs.errors import VisageError
+from configs.schema import ConfigError
 
 INTERACTIVE_JOB_NAMES = ("bash", "interactive")  # Lightning does not treat these as SLURM jobs
 
@@ -108,6 +109,21 @@ def check_allocation(num_nodes: int, devices: Any, env: Mapping[str, str] = os.e
         raise AllocationError(
             f"trainer.devices={wanted} x trainer.num_nodes={num_nodes} = {wanted * num_nodes} processes, "
             f"but SLURM_NTASKS={ntasks}. {hint}")
+
+
+# what a launcher that starts every node itself sets (a manual launch, torchrun, Kubeflow, LSF, mpirun)
+MULTI_NODE_LAUNCH_VARIABLES = ("NODE_RANK", "GROUP_RANK", "RANK", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE")
+
+
+def check_nodes_outside_slurm(num_nodes: int, env: Mapping[str, str] = os.environ) -> None:
+    """Outside SLURM, ``trainer.num_nodes > 1`` needs every node started with its NODE_RANK (or by a
+    launcher that sets the ranks): without one, rank 0 would wait for nodes that never come."""
+    if num_nodes <= 1 or under_slurm(env) or any(key in env for key in MULTI_NODE_LAUNCH_VARIABLES):
+        return
+    raise ConfigError(
+        f"trainer.num_nodes={num_nodes} outside a SLURM allocation and with no NODE_RANK set: no other node "
+        f"would join this one. Set trainer.num_nodes=1, submit with `visage submit` (SLURM), or start "
+        f"`visage fit` on each of the {num_nodes} nodes with MASTER_ADDR, MASTER_PORT and NODE_RANK=0..{num_nodes - 1}")
 
 
 def first_host(nodelist: str) -> str:

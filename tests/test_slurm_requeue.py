@@ -1,4 +1,4 @@
-"""slurm.requeue.RequeueAtStepBoundary in one process, with SLURM's environment faked.
+"""trainers.requeue.StopAtStepBoundary in one process, with SLURM's environment faked (or absent).
 
 The reference is an uninterrupted run: a run stopped by the requeue signal (or SIGTERM) and resumed
 from its hpc checkpoint must end with the same weights and optimizer state, step for step. Every
@@ -18,7 +18,8 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
-from trainers.requeue import RequeueAtStepBoundary, next_hpc_checkpoint, requeue_target
+from trainers.requeue import StopAtStepBoundary, next_hpc_checkpoint
+from trainers.stop_signals import requeue_target
 
 MAX_STEPS = 6
 
@@ -81,13 +82,13 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
         signal.signal(signum, handler)
 
 
-def fit(root: Path, *callbacks: pl.Callback) -> tuple[pl.Trainer, TinyRegressor]:
+def fit(root: Path, *callbacks: pl.Callback, accumulate: int = 1) -> tuple[pl.Trainer, TinyRegressor]:
     pl.seed_everything(3, verbose=False)
     model = TinyRegressor()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=MAX_STEPS, default_root_dir=str(root),
                          logger=CSVLogger(str(root), name="", version="csv"), log_every_n_steps=1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[RequeueAtStepBoundary(), *callbacks])
+                         accumulate_grad_batches=accumulate, callbacks=[StopAtStepBoundary(), *callbacks])
     trainer.fit(model)
     return trainer, model
 
@@ -127,8 +128,9 @@ def test_requeue_signal_saves_at_the_step_boundary_requeues_and_resumes_exactly(
 
 def test_sigterm_leaves_a_checkpoint_that_resumes_exactly(fake_slurm, tmp_path):
     root = tmp_path / "run"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         fit(root, SendSignal(signal.SIGTERM, at=2))
+    assert stopped.value.code == 143, "a terminated run must not exit 0"
     assert not fake_slurm.exists(), "SIGTERM must not requeue by itself (SLURM decides)"
     checkpoint = torch.load(root / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 3 and adam_steps(checkpoint) == {3.0}
@@ -138,14 +140,56 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_exactly(fake_slurm, tmp_path):
         torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-7)
 
 
+def test_sigterm_outside_slurm_leaves_last_ckpt_that_resumes_exactly(tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    root = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            fit(root, SendSignal(signal.SIGTERM, at=2))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert stopped.value.code == 143
+    assert not list(root.glob("hpc_ckpt_*"))
+    last = root / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 3 and adam_steps(checkpoint) == {3.0}
+    assert logged_steps(root) == [0, 1, 2]
+    pl.seed_everything(3, verbose=False)
+    model = TinyRegressor()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=MAX_STEPS, default_root_dir=str(root),
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[StopAtStepBoundary()])
+    trainer.fit(model, ckpt_path=str(last))
+    assert trainer.global_step == MAX_STEPS
+    reference = reference_weights(tmp_path)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-7)
+
+
+def test_with_gradient_accumulation_the_checkpoint_waits_for_the_optimizer_step(fake_slurm, tmp_path):
+    """Signalled at the first of two accumulated batches: saved after the second (where the optimizer
+    stepped), not between them (the first batch's gradients would be lost), and resumed exactly."""
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        fit(root, SendSignal(signal.SIGTERM, at=1), accumulate=2)
+    checkpoint = torch.load(root / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2 and adam_steps(checkpoint) == {2.0}
+    _, model = fit(root, accumulate=2)
+    _, reference = fit(tmp_path / "uninterrupted", accumulate=2)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[name], rtol=0, atol=1e-7)
+
+
 def test_inactive_outside_slurm(tmp_path, monkeypatch):
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
     before = signal.getsignal(signal.SIGUSR1)
     trainer, _ = fit(tmp_path / "plain")
     assert trainer.global_step == MAX_STEPS
-    callback = next(c for c in trainer.callbacks if isinstance(c, RequeueAtStepBoundary))
-    assert not callback.active and signal.getsignal(signal.SIGUSR1) == before
+    callback = next(c for c in trainer.callbacks if isinstance(c, StopAtStepBoundary))
+    assert not callback.requeue_active and signal.getsignal(signal.SIGUSR1) == before
     assert not list((tmp_path / "plain").glob("hpc_ckpt_*"))
 
 

@@ -21,12 +21,13 @@ from trainers.callbacks import BadDataReport, SlurmBookkeeping, ValidationMetric
 from trainers.checkpoint_choice import (checkpoint_to_resume, newest_loadable, require_loadable,
                                         resume_candidates, run_dir_of)
 from trainers.checkpoint_io import AtomicCheckpointIO, remove_partial_saves
-from trainers.ddp import FreezeAwareDDPStrategy
-from trainers.lightning_trainer import make_trainer
-from trainers.requeue import RequeueAtStepBoundary, SigtermAtStepBoundary
 from trainers.curves import CurvesAtEnd
 from trainers.dashboard import DashboardSummary, dashboard_logger
+from trainers.ddp import FreezeAwareDDPStrategy
+from trainers.lightning_trainer import make_trainer
 from trainers.progress import progress_callbacks
+from trainers.requeue import StopAtStepBoundary
+from trainers.resume_step import LoggedStepAfterResume
 from trainers.run_dir import RUN_DIR_ENV, resolve_run_dir, slurm_run_suffix
 from trainers.tasks import load, task
 
@@ -100,7 +101,8 @@ def _strategy(trainer: DictConfig):
         return "auto"
     backend = "gloo" if trainer.accelerator == "cpu" else None
     start = "spawn" if trainer.strategy == "ddp_spawn" else "popen"
-    # DDP for the parameters that train now: none with a frozen backbone, more after an unfreeze
+    # DDP for the parameters that train now (none with a frozen backbone, more after an unfreeze), its
+    # ranks watched: a dead or frozen rank ends the run and every process of it
     return FreezeAwareDDPStrategy(start_method=start, process_group_backend=backend,
                                   timeout=timedelta(seconds=trainer.ddp_timeout_s))
 
@@ -160,9 +162,9 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     if not fitting:
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
     for_fit = [checkpoint, last, LearningRateMonitor(logging_interval="step"), CurvesAtEnd(run_dir, metric)]
-    callbacks = [*(for_fit if fitting else []), metrics, *progress, BadDataReport(), DashboardSummary(metrics),
-                 SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
-                 RequeueAtStepBoundary(), SigtermAtStepBoundary(), *extra_callbacks]
+    callbacks = [LoggedStepAfterResume(), *(for_fit if fitting else []), metrics, *progress, BadDataReport(),
+                 DashboardSummary(metrics), SlurmBookkeeping(run_dir, int(os.environ.get("SLURM_RESTART_COUNT", "0"))),
+                 StopAtStepBoundary(), *extra_callbacks]
     # the bar only in a terminal (trainers/progress.py); an evaluation writes no checkpoints
     section = {**config["trainer"], "enable_progress_bar": bar}
     trainer = make_trainer(section, strategy=_strategy(cfg.trainer), default_root_dir=str(run_dir),

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules.bad_samples import BAD_SAMPLE_KINDS, counts_to_dict
+from trainers.stop_signals import REQUESTS
 
 log = logging.getLogger("visage")
 
@@ -56,7 +57,7 @@ class SlurmBookkeeping(pl.Callback):
             log.info("SLURM restart %d: resumed at global step %d", self.restart_count, trainer.global_step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.interrupted:
+        if trainer.interrupted or REQUESTS.stopped_after_training:  # a SIGTERM's checkpoint is kept
             return
         if trainer.is_global_zero:
             for stale in self.run_dir.glob("hpc_ckpt_*.ckpt"):

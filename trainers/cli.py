@@ -10,7 +10,9 @@ from pathlib import Path
 
 from configs.errors import VisageError
 from configs.schema import ConfigError
+from trainers import stop_signals
 from trainers.config import load_config
+from trainers.launched_ranks import TERMINATED_EXIT, blame_other_ranks, end_launched_ranks
 from trainers.run_dir import RUN_DIR_ENV
 
 log = logging.getLogger("visage")
@@ -32,9 +34,10 @@ def _quiet_libraries() -> None:
 
 def _check_cluster(cfg) -> None:
     """Trainer settings against the SLURM allocation, before anything heavy starts."""
-    from slurm.allocation import check_allocation, ensure_master_addr  # noqa: PLC0415
+    from slurm.allocation import check_allocation, check_nodes_outside_slurm, ensure_master_addr  # noqa: PLC0415
 
     check_allocation(cfg.trainer.num_nodes, cfg.trainer.devices)
+    check_nodes_outside_slurm(cfg.trainer.num_nodes)
     ensure_master_addr()
 
 
@@ -145,8 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+def _install_stop_handlers(argv: list[str]) -> None:
+    """`visage fit`: SIGTERM and (under SLURM) the requeue signal are handled from here on."""
+    if argv[:1] == ["fit"] and "--print-config" not in argv:
+        from slurm.allocation import under_slurm  # noqa: PLC0415  (environment variables only)
+
+        stop_signals.install(requeue=under_slurm(os.environ))
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow an option (`fit CONFIG --print-config a=1`)
@@ -154,25 +164,38 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    _install_stop_handlers(list(sys.argv[1:] if argv is None else argv))  # before anything slow
     launcher_run_dir = os.environ.get(RUN_DIR_ENV)
     code = 1
     try:
+        _quiet_libraries()
+        args = _parse(argv)
         code = int(args.func(args) or 0)
-        return code
     except VisageError as err:  # errors with a clear message of their own: no traceback noise
         kind = "config error" if isinstance(err, ConfigError) else "error"
         print(f"visage: {kind}: {err}", file=sys.stderr)
         code = err.exit_code
-        return code
-    except SystemExit as exit_:  # a requeue or SIGTERM leaves through SystemExit
-        code = exit_.code if isinstance(exit_.code, int) else 1
-        raise
+    except stop_signals.StoppedOutsideTraining as stop:  # a signal outside training: said so already
+        code = stop.code
+    except Exception as err:
+        blamed = blame_other_ranks(err)  # a rank this process started failed first: no traceback here
+        if blamed is None:
+            raise
+        code = blamed
     finally:  # the run directory chosen for this command's ranks must not leak into a later command
         _restore_env(RUN_DIR_ENV, launcher_run_dir)
-        if "wandb" in sys.modules:
+        # ranks this process started end with it: they finish together on success, else are killed
+        end_launched_ranks(wait_s=30 if code in (0, TERMINATED_EXIT) else 15)
+        stop_signals.uninstall()
+        if "wandb" in sys.modules:  # the dashboard run closes with the command, with its exit status
             from trainers.dashboard import finish_dashboard_run  # noqa: PLC0415
 
             finish_dashboard_run(code)
+    return code
 
 
 def _restore_env(name: str, value: str | None) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 from pytorch_lightning.overrides.distributed import _sync_module_states
-from pytorch_lightning.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
+
+from trainers.rank_launcher import WatchedDDPStrategy
 
 log = logging.getLogger("visage")
 
@@ -35,8 +36,9 @@ def parameters_ddp_would_average(module: torch.nn.Module) -> list[tuple[str, tor
     return [(name, param) for name, param in module.named_parameters() if name not in ignored]
 
 
-class FreezeAwareDDPStrategy(DDPStrategy):
-    """Lightning's DDP strategy, wrapping the module for the parameters that train now (see above)."""
+class FreezeAwareDDPStrategy(WatchedDDPStrategy):
+    """Visage's DDP strategy: ranks launched and watched by ``trainers/rank_launcher.py`` (none spins or
+    outlives its job), the module wrapped for the parameters that train now (see above)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -17,12 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs.schema import ConfigError, to_plain
 from configs.steps import Step
+from trainers import stop_signals
 from trainers.build import Run, build_run, write_metrics
+from trainers.launched_ranks import TERMINATED_EXIT
 from trainers.config import apply_overrides
 from trainers.tasks import load, task
 
 STEP_DONE = "done.json"  # a prediction step's marker (a training step has its metrics.json)
-INTERRUPTED = 3          # the exit status of a run stopped before its end (its checkpoint is saved)
 
 
 @dataclass
@@ -91,11 +92,18 @@ def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None, final_valid
     write_finetune_report(run, report)
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
-    if run.trainer.interrupted:  # SIGTERM or Ctrl-C: the checkpoint is saved, the run is not finished
-        print(f"visage: run interrupted at global step {run.trainer.global_step}; resume with "
-              f"run.resume={run_dir / 'checkpoints' / 'last.ckpt'} (under SLURM: scontrol requeue)", file=sys.stderr)
-        return FitOutcome(run, {}, INTERRUPTED)
+    try:
+        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
+    except stop_signals.StoppedAtStep as stop:  # SIGTERM or the requeue signal: checkpoint saved
+        if run.trainer.is_global_zero:
+            print(f"visage: {stop.message}", file=sys.stderr, flush=True)
+        return FitOutcome(run, {}, stop.code)
+    if stop_signals.REQUESTS.stopped_after_training:  # SIGTERM after the last step: no final validation
+        path, step = stop_signals.REQUESTS.stopped_after_training
+        if run.trainer.is_global_zero:
+            print(f"visage: terminated (SIGTERM) after the last training step: saved {path} at global step {step}; "
+                  "the final validation did not run (resume with run.resume=auto to run it)", file=sys.stderr)
+        return FitOutcome(run, {}, TERMINATED_EXIT)
     # validate the final weights, unless fit's last validation already did (it would be logged twice)
     validated_last = run.metrics.metrics and run.metrics.step == run.trainer.global_step
     final = None

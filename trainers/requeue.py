@@ -1,51 +1,45 @@
-"""Checkpoint and requeue at a step boundary when SLURM sends the requeue signal.
+"""Stop signals during training: checkpoint at a step boundary on every rank together, then stop.
 
-Lightning's own SLURM handler saves ``hpc_ckpt_N.ckpt`` inside the signal handler, wherever each
-rank happens to be: the save's barrier can pair with a different collective on another rank, and a
-checkpoint taken mid-step resumes with the logged step one off (measured: steps 0-3, then 5-30).
-This callback installs its handler first (Lightning then leaves SIGUSR1 alone); the handler only
-notes the signal. At the end of every training batch the ranks agree whether any of them got it
-(all-reduce MAX); if so all save the checkpoint together at that step boundary (where Lightning's
-own restart logic expects it). Once that step's metrics have reached the loggers (at the next batch
-start, or before an epoch-end validation), rank 0 runs ``scontrol requeue`` and every rank exits.
-The requeued job resumes from the newest hpc_ckpt in the same run directory (Lightning's SLURM
-auto-resume) at exactly that global step, and its logged steps continue without a gap.
-If training reaches its last step right then, nothing is requeued: the run simply completes.
+The signals (SIGTERM always; under SLURM the requeue signal SIGUSR1) are noted by the handlers of
+``trainers.stop_signals``; no collective ever runs inside a handler. Lightning's own handlers are
+kept off: its SLURM handler saves ``hpc_ckpt_N.ckpt`` inside the handler, wherever each rank is (the
+save's barrier can pair with a different collective on another rank, and a checkpoint taken mid-step
+resumes with the logged step one off), and its SIGTERM handler broadcasts from inside the handler
+(measured under `scancel --signal=TERM`: that broadcast paired with DDP's buffer broadcast on the
+other rank and gloo aborted the job before any checkpoint) and raises on each rank separately.
 
-A SIGTERM (time limit, preemption) makes Lightning stop every rank at a batch boundary; the
-checkpoint is saved there too, so ``scontrol requeue JOB`` later resumes from it.
+At the end of every training batch the ranks agree whether any of them got a signal (all-reduce MAX
+of two flags); if so all save one checkpoint together at that step boundary, the state Lightning
+resumes exactly from: under SLURM ``hpc_ckpt_N.ckpt`` in the run directory (Lightning's SLURM
+auto-resume takes the newest), elsewhere ``checkpoints/last.ckpt`` (``run.resume=auto`` takes it).
+Once that step's metrics have reached the loggers (at the next batch start, or before an epoch-end
+validation), every rank raises ``StoppedAtStep``:
 
-``SigtermAtStepBoundary`` makes that stop safe. Lightning 2.6's SIGTERM handler broadcasts the
-flag from inside the signal handler, wherever the rank is: measured under `scancel --signal=TERM`,
-that broadcast paired with DDP's buffer broadcast on the other rank and gloo aborted the job before
-any checkpoint. Its replacement only notes the signal; Lightning's own broadcast at the start of
-every training batch (from rank 0, in the normal order of collectives) then stops all ranks together.
+- SIGTERM: exit 143, rank 0 prints where the checkpoint is. SIGTERM never requeues by itself
+  (SLURM decides: ``scontrol requeue JOB`` resumes from the checkpoint).
+- the requeue signal: rank 0 runs ``scontrol requeue``; exit 0 (1 if the requeue failed). The
+  requeued job resumes at exactly that global step, its logged steps continuing without a gap.
+
+A signal that arrives after the last step boundary changes nothing for the requeue signal (the run
+simply completes); for SIGTERM the command skips the final validation and exits 143.
 """
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
-import subprocess
 import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.environments import SLURMEnvironment
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from trainers import stop_signals
 from trainers.dashboard import finish_dashboard_run
+from trainers.launched_ranks import TERMINATED_EXIT
+from trainers.stop_signals import REQUESTS, StoppedAtStep, requeue_job, requeue_target
 
 log = logging.getLogger("visage")
-
-
-def requeue_target(env=os.environ) -> str:
-    """What `scontrol requeue` takes: the job id, or ``<array job>_<task>`` for an array task."""
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env["SLURM_JOB_ID"]
 
 
 def next_hpc_checkpoint(folder: Path) -> Path:
@@ -55,15 +49,18 @@ def next_hpc_checkpoint(folder: Path) -> Path:
     return Path(folder) / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
 
 
-class RequeueAtStepBoundary(pl.Callback):
-    """Under SLURM: on the requeue signal, checkpoint at the next step boundary, requeue, exit."""
+def _ignore_sigterm(signum, frame) -> None:
+    """Stands in for Lightning's SIGTERM notifier (see the module docstring)."""
 
-    def __init__(self, signum: int = signal.SIGUSR1):
-        self.signum = signum
+
+class StopAtStepBoundary(pl.Callback):
+    """On SIGTERM or (under SLURM) the requeue signal: checkpoint at the next step boundary, stop."""
+
+    def __init__(self) -> None:
         self.active = False
-        self.requested = False
+        self.requeue_active = False  # SLURM with Lightning's auto-requeue: the requeue signal counts
         self.saved: tuple[str, int] | None = None  # (checkpoint, global step) once saved
-        self._previous_handler = None
+        self.stop: str | None = None  # "terminate" or "requeue" once agreed
 
     def _slurm_auto_requeue(self, trainer: pl.Trainer) -> bool:
         environment = getattr(trainer.strategy, "cluster_environment", None)
@@ -74,32 +71,50 @@ class RequeueAtStepBoundary(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.active or threading.current_thread() is not threading.main_thread():
             return
-        if not self._slurm_auto_requeue(trainer):
-            return
-        # installed before Trainer.fit registers its handlers, so Lightning keeps its own off SIGUSR1
-        self._previous_handler = signal.signal(self.signum, self._note_signal)
-        self.active = True
-        log.info("rank %d: requeue handler installed for signal %d", trainer.global_rank, self.signum)
+        self.requeue_active = self._slurm_auto_requeue(trainer)
+        if not stop_signals.installed(self.requeue_active):  # `visage fit` installs them first thing
+            stop_signals.install(requeue=self.requeue_active)
+        REQUESTS.terminate = REQUESTS.requeue = False  # a signal before this point ended the command
+        REQUESTS.stopped_after_training = None
+        # Before Trainer.fit registers its handlers: Lightning then leaves the requeue signal alone
+        # (a handler is there) and composes its SIGTERM handler from this no-op and ours.
+        trainer._signal_connector._sigterm_notifier_fn = _ignore_sigterm
+        stop_signals.set_phase(stop_signals.TRAINING)
+        self.active, self.saved, self.stop = True, None, None
+        log.debug("rank %d: stop signals handled at step boundaries", trainer.global_rank)
 
-    def _note_signal(self, signum, frame) -> None:
-        self.requested = True
+    def _checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        root = Path(trainer.default_root_dir).resolve()
+        return next_hpc_checkpoint(root) if self.requeue_active else root / "checkpoints" / "last.ckpt"
+
+    def _agreed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[bool, bool]:
+        """(requeue, terminate) as any rank has seen them: one small all-reduce, the same on all."""
+        flags = [float(REQUESTS.requeue and self.requeue_active), float(REQUESTS.terminate)]
+        if trainer.world_size == 1:
+            return bool(flags[0]), bool(flags[1])
+        agreed = trainer.strategy.reduce(torch.tensor(flags, device=pl_module.device), reduce_op="max")
+        requeue, terminate = agreed.tolist()
+        return bool(requeue), bool(terminate)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         if not self.active or self.saved is not None:
             return
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=pl_module.device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="max")
-        if flag.item() == 0:
+        # a step boundary is where the optimizer stepped: mid-accumulation the gradients would be lost
+        # (every rank accumulates alike, so all skip the same batches)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
             return
+        requeue, terminate = self._agreed(trainer, pl_module)
+        if not (requeue or terminate):
+            return
+        self.stop = "terminate" if terminate else "requeue"  # a job that is ending is not requeued
         # the state Lightning resumes exactly from: a checkpoint taken at on_train_batch_end
-        path = trainer.strategy.broadcast(str(next_hpc_checkpoint(Path(trainer.default_root_dir))))
+        path = trainer.strategy.broadcast(str(self._checkpoint_path(trainer)))
         trainer.save_checkpoint(path)
         self.saved = (path, trainer.global_step)
 
     # Leave once Lightning has handed this batch's metrics to the loggers: at the next batch start,
-    # or before an epoch-end validation that would only delay the requeue.
+    # or before an epoch-end validation that would only delay the stop.
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if self.saved is not None:
             self._leave(trainer)
@@ -109,7 +124,19 @@ class RequeueAtStepBoundary(pl.Callback):
             self._leave(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.saved = None  # training finished right at the signal: nothing left to resume
+        """Training is over, at or after the signal's step boundary or without any signal. A SIGTERM
+        that came after the last step boundary still gets its checkpoint (training is complete: a
+        resume only validates); the requeue signal is dropped (the run simply completes)."""
+        if not self.active:
+            return
+        _, terminate = self._agreed(trainer, pl_module)
+        if terminate and self.saved is None:
+            path = trainer.strategy.broadcast(str(self._checkpoint_path(trainer)))
+            trainer.save_checkpoint(path)
+            self.saved = (path, trainer.global_step)
+        REQUESTS.stopped_after_training = self.saved if terminate else None
+        self.saved = None
+        stop_signals.set_phase(stop_signals.FINISHING)
 
     def _leave(self, trainer: pl.Trainer) -> None:
         for logger in trainer.loggers:  # what was logged so far reaches the disk
@@ -117,54 +144,31 @@ class RequeueAtStepBoundary(pl.Callback):
         # the dashboard run too: wandb's own process dies with the job step when SLURM requeues it
         # (a requeue soon after the start left an empty offline run); the requeued job resumes it
         finish_dashboard_run(0)
-        # No collective from here on. The requeue makes SLURM send SIGTERM; Lightning's SIGTERM
-        # handler would start a broadcast while ranks are leaving, so SIGTERM simply ends the process.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         path, step = self.saved
+        if self.stop == "terminate":
+            resume = f"scontrol requeue {requeue_target()}" if self.requeue_active else "run.resume=auto"
+            raise StoppedAtStep(TERMINATED_EXIT, f"terminated (SIGTERM): saved {path} at global step {step}; "
+                                                 f"{resume} resumes from it")
         code = self._requeue(path, step) if trainer.is_global_zero else 0
-        raise SystemExit(code)
+        raise StoppedAtStep(code, f"requeue signal: saved {path} at global step {step}")
 
     def _requeue(self, path: str, step: int) -> int:
         target = requeue_target()
         log.warning("requeue signal: saved %s at global step %d; requeueing job %s", path, step, target)
-        try:
-            done = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
-            ok, detail = done.returncode == 0, done.stderr.strip()
-        except (OSError, subprocess.SubprocessError) as err:
-            ok, detail = False, str(err)
-        if ok:
+        done, detail = requeue_job()
+        if done:
             return 0
         log.error("`scontrol requeue %s` failed (%s); requeue it by hand to resume from %s", target, detail, path)
         return 1
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Lightning raises SIGTERMException on every rank at the same batch boundary
-        if self.active and isinstance(exception, SIGTERMException):
-            path = trainer.strategy.broadcast(str(next_hpc_checkpoint(Path(trainer.default_root_dir))))
-            trainer.save_checkpoint(path)
-            if trainer.is_global_zero:
-                log.warning("SIGTERM: saved %s at global step %d; `scontrol requeue %s` resumes from it",
-                            path, trainer.global_step, requeue_target())
-
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.active and stage == "fit":
-            signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
+        if stage == "fit":
+            self._done()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._done()  # Lightning calls no teardown hook after an exception
+
+    def _done(self) -> None:
+        if self.active:
+            stop_signals.set_phase(stop_signals.FINISHING)
             self.active = False
-
-
-class SigtermAtStepBoundary(pl.Callback):
-    """Replaces Lightning's SIGTERM handler (registered when fit starts, restored by Lightning when
-    fit ends) by one without collectives."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
-            return  # one process: Lightning's handler runs no collective
-
-        def note_sigterm(signum, frame) -> None:
-            connector = trainer._signal_connector
-            launcher = trainer.strategy.launcher
-            if not connector.received_sigterm and launcher is not None:
-                launcher.kill(signum)  # ranks this process launched get it too, as Lightning does
-            connector.received_sigterm = True  # broadcast from rank 0 at the next batch start
-
-        signal.signal(signal.SIGTERM, note_sigterm)
