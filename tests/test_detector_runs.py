@@ -81,8 +81,8 @@ def test_wider_prediction_files_from_the_trained_cascade(cascade, tmp_path):
     result = run_visage("predict", EXPERIMENT, *TINY, *ONE, "model.stage=onet",
                         f"model.weights.pnet={cascade}/pnet/checkpoints/last.ckpt",
                         f"model.weights.rnet={cascade}/rnet/checkpoints/last.ckpt",
-                        "--ckpt", str(cascade / "onet" / "checkpoints" / "last.ckpt"), f"run.root={tmp_path}")
-    files = sorted((tmp_path).rglob("val/scene*.txt"))
+                        "--ckpt", str(cascade / "onet" / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "wider"))
+    files = sorted((tmp_path / "wider").rglob("val/scene*.txt"))
     assert len(files) == 3, result.stdout[-2000:]
     for path in files:
         lines = path.read_text().splitlines()
