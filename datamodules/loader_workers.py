@@ -22,7 +22,10 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from lightning_fabric.utilities.seed import pl_worker_init_function
+import random
+
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGUSR1})
@@ -37,6 +40,18 @@ def stop_signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def seed_worker(worker_id: int, rank: int) -> None:
+    """Distinct, reproducible random streams per (rank, worker): torch, ``random`` and numpy seeded
+    from the loader's base seed (a worker's ``torch.initial_seed()`` is base seed + worker id), the
+    worker and the rank, as Lightning seeds workers after ``seed_everything(workers=True)``."""
+    base_seed = torch.initial_seed() - worker_id
+    sequence = np.random.SeedSequence([base_seed, worker_id, rank])
+    torch_seed, random_seed = sequence.generate_state(2, dtype=np.uint64)
+    torch.manual_seed(int(torch_seed))
+    random.seed(int(random_seed))
+    np.random.seed(sequence.spawn(1)[0].generate_state(4))
 
 
 def _end_on_sigterm_from(parent: int) -> None:
@@ -75,4 +90,4 @@ class WorkerInit:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # drops one that came meanwhile
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         if self.seeded and int(os.environ.get("PL_SEED_WORKERS", 0)):
-            pl_worker_init_function(worker_id, rank=self.rank)
+            seed_worker(worker_id, self.rank)

@@ -69,7 +69,9 @@ def installed() -> dict[str, list[str]]:
 
 
 def distributions_of(module: str) -> set[str]:
-    return {normalise(d) for d in installed().get(module, [])}
+    """The installed distributions providing ``module``; for one not installed here (an optional
+    extra such as onnx), the distribution of the same name."""
+    return {normalise(d) for d in installed().get(module, [normalise(module)])}
 
 
 def library_imports() -> dict[str, list[str]]:

@@ -98,6 +98,24 @@ def version_line() -> str:
     return f"visage {installed('visage')} (pytorch-lightning {installed('pytorch-lightning')}, torch {installed('torch')})"
 
 
+def add_export_parser(sub) -> None:
+    parser = sub.add_parser("export", help="write a checkpoint's embedding network (state_dict, TorchScript or "
+                                           "ONNX) and print how to fine-tune from it")
+    parser.add_argument("checkpoint", help="a run's checkpoint, e.g. runs/NAME/ID/checkpoints/last.ckpt")
+    parser.add_argument("--format", default="state_dict",  # checked by export(): a one-line error
+                        help="state_dict (default; finetune.from takes it), torchscript or onnx (needs the onnx "
+                             "package: pip install 'visage[onnx]')")
+    parser.add_argument("--out", help="output file (default: the run directory's export/backbone.pt, "
+                                      ".torchscript.pt or .onnx)")
+    parser.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from trainers.export import cmd_export as export_command  # noqa: PLC0415  (torch: only when exporting)
+
+    return export_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visage", description="Train face and human-pose models at cluster scale.")
     parser.add_argument("--version", action="version", version=version_line())
@@ -136,8 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
         submit.set_defaults(func=run_submit)
     except ImportError:  # slurm package not installed in this environment
         pass
-    from trainers.export import add_export_parser  # noqa: PLC0415
-
     add_export_parser(sub)
     from trainers.detect import add_detect_parser  # noqa: PLC0415
 

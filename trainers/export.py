@@ -177,15 +177,3 @@ def export(checkpoint_path: str | Path, fmt: str = "state_dict", out: str | Path
 def cmd_export(args) -> int:
     export(args.checkpoint, args.format, args.out)
     return 0
-
-
-def add_export_parser(sub) -> None:
-    parser = sub.add_parser("export", help="write a checkpoint's embedding network (state_dict, TorchScript or "
-                                           "ONNX) and print how to fine-tune from it")
-    parser.add_argument("checkpoint", help="a run's checkpoint, e.g. runs/NAME/ID/checkpoints/last.ckpt")
-    parser.add_argument("--format", default="state_dict",  # checked by export(): a one-line error
-                        help="state_dict (default; finetune.from takes it), torchscript or onnx (needs the onnx "
-                             "package: pip install 'visage[onnx]')")
-    parser.add_argument("--out", help="output file (default: the run directory's export/backbone.pt, "
-                                      ".torchscript.pt or .onnx)")
-    parser.set_defaults(func=cmd_export)

@@ -21,9 +21,8 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
-from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
 from pytorch_lightning.strategies import DDPStrategy
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher, _set_num_threads_if_needed
 from torch.distributed import DistStoreError
 
 from configs.errors import VisageError
