@@ -125,17 +125,19 @@ def test_predict_writes_the_split_embeddings_in_order_on_one_and_on_two_ranks(dd
     torch.testing.assert_close(two["embedding"], one["embedding"], rtol=1e-5, atol=1e-5)
 
 
-def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
-    """Stopped at step 6, in the middle of an epoch and of a 10-step learning-rate warm-up (a schedule
-    that does not depend on max_steps, which differs between the two halves), then resumed with
-    run.resume=auto: weights, loss curve and step count equal the straight run's."""
+@pytest.mark.parametrize("stop", [6, 5], ids=["stopped at a validation", "stopped between two validations"])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, stop):
+    """Stopped at step ``stop``, in the middle of an epoch and of a 10-step learning-rate warm-up (a
+    schedule that does not depend on max_steps, which differs between the two halves), then resumed
+    with run.resume=auto: weights, loss curve and step count equal the straight run's. Validation
+    runs every 2 steps: at step 5 last.ckpt is written where fit stops, not at the last validation."""
     common = single(tmp_path) + ["trainer.max_epochs=null", "trainer.val_check_interval=2", "optim.scheduler=none",
                                  "optim.warmup_steps=10"]
     assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12", "run.id=straight"]) == 0
-    assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=6", "run.id=resumed"]) == 0
+    assert visage(["fit", EXPERIMENT, *common, f"trainer.max_steps={stop}", "run.id=resumed"]) == 0
     runs = tmp_path / "embedder-triplet"
     interrupted = torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert interrupted["global_step"] == 6 and interrupted["epoch"] == 1  # in the middle of epoch 1
+    assert interrupted["global_step"] == stop and interrupted["epoch"] == 1  # in epoch 1, whose steps are 4 to 7
     # auto: the run of this name whose last.ckpt is newest, which is "resumed"
     assert visage(["fit", EXPERIMENT, *common, "trainer.max_steps=12", "run.resume=auto"]) == 0
     assert sorted(p.name for p in runs.iterdir()) == ["resumed", "straight"]

@@ -23,6 +23,7 @@ from trainers.checkpoint_choice import (checkpoint_to_resume, newest_loadable, r
 from trainers.checkpoint_io import AtomicCheckpointIO, remove_partial_saves
 from trainers.curves import CurvesAtEnd
 from trainers.dashboard import DashboardSummary, dashboard_logger
+from trainers.last_checkpoint import LastCheckpoint
 from trainers.ddp import FreezeAwareDDPStrategy
 from trainers.lightning_trainer import make_trainer
 from trainers.progress import progress_callbacks
@@ -147,9 +148,8 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_from: str | None = None, ex
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-step{step:06d}",
                                  monitor=metric, mode=direction, save_top_k=1, auto_insert_metric_name=False)
     # Lightning 2.6's save_last only writes when a best checkpoint was written: keep our own last.ckpt,
-    # replaced at every validation (no -v1 copies when a resumed run writes into the same folder)
-    last = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
-                           enable_version_counter=False)
+    # replaced at every save (no -v1 copies when a resumed run writes into the same folder)
+    last = LastCheckpoint(str(run_dir / "checkpoints"))
     metrics = ValidationMetricsToDict(module.monitor)
     progress, bar = progress_callbacks(run_dir, cfg.logging.progress_every_n_steps, metrics,
                                        want_bar=cfg.trainer.enable_progress_bar is not False,

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("predict", "write the embeddings of data.val_split (predictions.pt)")):
         p = sub.add_parser(name, help=text, description=f"{text}. The data and the model are the checkpoint's own "
                            "(its config), with the command line's overrides on top; the files go to a new folder "
-                           f"beside the checkpoint's run, <run>/{name}-N.")
+                           f"inside the checkpoint's run, <run>/{name}-N.")
         p.add_argument("config", nargs="?", help="experiment YAML for the trainer and logging settings (optional "
                        "with --ckpt: the checkpoint's own config is used)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides on top of the checkpoint's config")

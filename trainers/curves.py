@@ -2,7 +2,7 @@
 
 Two charts side by side: the training loss (every logged step, and its running mean when there are
 many) and the task's monitored metric at each validation, against the logged step. Written as
-``<run>/pictures/curves.png`` and logged to the dashboard as ``pictures/curves``.
+``<run>/pictures/curves-latest.png`` (and ``curves-step<N>.png``) and logged to the dashboard as ``pictures/curves``.
 """
 from __future__ import annotations
 

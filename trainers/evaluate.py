@@ -1,7 +1,7 @@
 """``visage validate | test | predict [CONFIG] --ckpt C [key=value ...]``: evaluate what was trained.
 
 The config is the checkpoint's own for the data and the model (trainers/evaluation_config.py). The
-evaluation writes into a new folder beside the checkpoint's run (``<run>/validate-N``): its
+evaluation writes into a new folder inside the checkpoint's run (``<run>/validate-N``): its
 config.yaml, its CSV log, its dashboard run and a metrics.json that records the checkpoint and the
 data it used. A checkpoint that does not fit the model is one ConfigError, found before any data
 is made or any file is written.

@@ -122,7 +122,7 @@ def training_run_dir(ckpt: Path) -> Path | None:
 
 
 def evaluation_dir(command: str, cfg: DictConfig, ckpt: str | None, run_id: str | None) -> Path:
-    """A new folder for this evaluation beside the checkpoint's run: ``<run>/<command>-N`` with the next
+    """A new folder for this evaluation inside the checkpoint's run: ``<run>/<command>-N`` with the next
     free N (``<run>/<command>-slurm-<job>`` under SLURM, ``<run>/<run.id>`` when the command line names
     one); without a run, under ``run.root/run.name``. A rank started by the launcher takes the
     launcher's folder."""

@@ -10,8 +10,8 @@ other rank and gloo aborted the job before any checkpoint) and raises on each ra
 
 At the end of every training batch the ranks agree whether any of them got a signal (all-reduce MAX
 of two flags); if so all save one checkpoint together at that step boundary, the state Lightning
-resumes exactly from: under SLURM ``hpc_ckpt_N.ckpt`` in the run directory (Lightning's SLURM
-auto-resume takes the newest), elsewhere ``checkpoints/last.ckpt`` (``run.resume=auto`` takes it).
+resumes exactly from: under SLURM ``hpc_ckpt_N.ckpt`` in the run directory (the requeued job's
+resume takes the newest that loads, trainers/checkpoint_choice.py), elsewhere ``checkpoints/last.ckpt`` (``run.resume=auto`` takes it).
 Once that step's metrics have reached the loggers (at the next batch start, or before an epoch-end
 validation), every rank raises ``StoppedAtStep``:
 
