@@ -80,7 +80,7 @@ def once(action: Callable[[], None] | None) -> Callable[[], None]:
     return call
 
 
-def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None, final_validation: bool = True,
+def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None,
             prepare_dir: Callable[[], None] | None = None) -> FitOutcome:
     """Build and load the fine-tuning weights; then ``prepare_dir`` (the run directory is written only once
     the run is built, so a setting Lightning refuses or weights that do not fit leave nothing behind);
@@ -107,7 +107,7 @@ def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None, final_valid
     # validate the final weights, unless fit's last validation already did (it would be logged twice)
     validated_last = run.metrics.metrics and run.metrics.step == run.trainer.global_step
     final = None
-    if final_validation and not validated_last:
+    if not validated_last:
         final = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
     if run.trainer.is_global_zero:
@@ -164,8 +164,7 @@ def run_steps(cfg: DictConfig, steps: list[Step], run_dir: Path,
             (step_dir / "config.yaml").write_text(OmegaConf.to_yaml(step_cfg, resolve=True))
 
         if step.kind == "fit":
-            outcome = fit_run(step_cfg, step_dir, step_resume_point(step_dir), final_validation=False,
-                              prepare_dir=prepare_step)
+            outcome = fit_run(step_cfg, step_dir, step_resume_point(step_dir), prepare_dir=prepare_step)
             if outcome.code:
                 return outcome
             handed = handed_checkpoint(step_dir)

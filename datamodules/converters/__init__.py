@@ -15,8 +15,10 @@ import io
 import json
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from datamodules.schema import SampleError
 
@@ -39,6 +41,21 @@ class ConversionReport:
         self.skipped[kind] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(message)
+
+    @contextmanager
+    def sample(self, where: str) -> Iterator[None]:
+        """Around the conversion of one sample: counts it as written, or as skipped by kind (a bad
+        sample, a missing or unreadable file) with ``where`` naming it; the conversion goes on."""
+        try:
+            yield
+        except SampleError as err:
+            self.skip(err.kind, f"{where}: {err}")
+        except FileNotFoundError:
+            self.skip("missing_image", f"{where}: the image does not exist")
+        except OSError as err:
+            self.skip("unreadable_file", f"{where}: {err}")
+        else:
+            self.written += 1
 
     def summary(self) -> str:
         kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(self.skipped.items()))

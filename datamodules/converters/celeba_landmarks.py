@@ -143,7 +143,7 @@ def convert_celeba_landmarks(landmarks: str | Path, images: str | Path, out_root
     for split in sorted(by_split, key=list(PARTITION_SPLITS.values()).index):
         with ShardWriter(out_root, split, max_samples=max_samples) as writer:
             for face in by_split[split]:
-                try:
+                with report.sample(str(images / face.name)):
                     data = (images / face.name).read_bytes()
                     verify_image_bytes(data)
                     if face.box is None:
@@ -152,16 +152,6 @@ def convert_celeba_landmarks(landmarks: str | Path, images: str | Path, out_root
                         data, box, points = _crop(data, face.box, face.points, margin, jpeg_quality)
                     key = face.name.rsplit(".", 1)[0].replace(".", "_")
                     writer.write(key, data, {"box": np.round(box, 3).tolist(), "landmarks": np.round(points, 3).tolist()})
-                except SampleError as err:
-                    report.skip(err.kind, f"{face.name}: {err}")
-                    continue
-                except FileNotFoundError:
-                    report.skip("missing_image", f"{images / face.name} does not exist")
-                    continue
-                except OSError as err:
-                    report.skip("unreadable_file", f"{images / face.name}: {err}")
-                    continue
-                report.written += 1
         written[split] = writer.directory / INDEX_NAME
     folders = [index_path.parent for index_path in written.values()]
     if folders:  # one report of the whole source beside every split's index (warned once)

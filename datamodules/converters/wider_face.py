@@ -227,7 +227,7 @@ def convert_wider_face(annotations: str | Path, images: str | Path, out_root: st
     keys: set[str] = set()
     with ShardWriter(out_root, split, max_samples=max_samples) as writer:
         for image in read_wider_annotations(annotations):
-            try:
+            with report.sample(f"{images / image.path} (line {image.line})"):
                 _check_codes(image)
                 x, y, w, h = image.boxes_xywh.T
                 boxes = np.stack([x, y, x + w, y + h], axis=1)
@@ -252,16 +252,6 @@ def convert_wider_face(annotations: str | Path, images: str | Path, out_root: st
                               "face_landmarks": [None] * len(boxes), "face_setting": [int(s) for s in settings]}
                 writer.write(key, data, annotation)
                 keys.add(key)
-            except SampleError as err:
-                report.skip(err.kind, f"{image.path} (line {image.line}): {err}")
-                continue
-            except FileNotFoundError:
-                report.skip("missing_image", f"{images / image.path} (line {image.line}) does not exist")
-                continue
-            except OSError as err:
-                report.skip("unreadable_file", f"{images / image.path} (line {image.line}): {err}")
-                continue
-            report.written += 1
     report.finish(writer.directory)
     return writer.directory / INDEX_NAME
 

@@ -61,46 +61,45 @@ class PNet(nn.Module):
         return StageOutput(self.face(x), self.box(x), self.landmarks(x))
 
 
-class RNet(nn.Module):
-    """Refine net, 24x24: conv3(28) - mp3/2 - conv3(48) - mp3/2 - conv2(64) - FC 128 - heads 2 / 4 / 10."""
+class WindowNet(nn.Module):
+    """R-Net and O-Net: convolutions over a fixed-size window, one fully connected layer, the heads
+    2 / 4 / 10 (face, box offsets, landmarks)."""
+
+    def __init__(self, features: nn.Sequential, flat: int, width: int):
+        super().__init__()
+        self.features = features
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, width), nn.PReLU(width))
+        self.face = nn.Linear(width, 2)
+        self.box = nn.Linear(width, 4)
+        self.landmarks = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> StageOutput:
+        x = self.fc(self.features(x))
+        return StageOutput(self.face(x), self.box(x), self.landmarks(x))
+
+
+class RNet(WindowNet):
+    """Refine net, 24x24: conv3(28) - mp3/2 - conv3(48) - mp3/2 - conv2(64) - FC 128 - heads."""
 
     input_size = INPUT_SIZE["rnet"]
 
     def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(conv_prelu(3, 28, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                      conv_prelu(28, 48, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                      conv_prelu(48, 64, 2))
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 3 * 3, 128), nn.PReLU(128))
-        self.face = nn.Linear(128, 2)
-        self.box = nn.Linear(128, 4)
-        self.landmarks = nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> StageOutput:
-        x = self.fc(self.features(x))
-        return StageOutput(self.face(x), self.box(x), self.landmarks(x))
+        super().__init__(nn.Sequential(conv_prelu(3, 28, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                       conv_prelu(28, 48, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                       conv_prelu(48, 64, 2)), 64 * 3 * 3, 128)
 
 
-class ONet(nn.Module):
+class ONet(WindowNet):
     """Output net, 48x48: conv3(32) - mp3/2 - conv3(64) - mp3/2 - conv3(64) - mp2/2 - conv2(128) - FC 256 -
-    heads 2 / 4 / 10."""
+    heads."""
 
     input_size = INPUT_SIZE["onet"]
 
     def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(conv_prelu(3, 32, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                      conv_prelu(32, 64, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                      conv_prelu(64, 64, 3), nn.MaxPool2d(2, 2, ceil_mode=True),
-                                      conv_prelu(64, 128, 2))
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(128 * 3 * 3, 256), nn.PReLU(256))
-        self.face = nn.Linear(256, 2)
-        self.box = nn.Linear(256, 4)
-        self.landmarks = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> StageOutput:
-        x = self.fc(self.features(x))
-        return StageOutput(self.face(x), self.box(x), self.landmarks(x))
+        super().__init__(nn.Sequential(conv_prelu(3, 32, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                       conv_prelu(32, 64, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                       conv_prelu(64, 64, 3), nn.MaxPool2d(2, 2, ceil_mode=True),
+                                       conv_prelu(64, 128, 2)), 128 * 3 * 3, 256)
 
 
 STAGE_NETS = {"pnet": PNet, "rnet": RNet, "onet": ONet}
