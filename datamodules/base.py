@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.batchers import PlainBatcher
@@ -27,7 +28,8 @@ from datamodules.synthetic import SyntheticData, ensure_synthetic
 
 
 class ShardDataModule(pl.LightningDataModule):
-    required_fields: tuple[str, ...] = ()
+    required_fields: tuple[str, ...] = ()       # what every sample must hold (evaluation and training)
+    train_fields: tuple[str, ...] | None = None  # what training samples hold, when they differ
 
     def __init__(self, data: dict, seed: int = 0):
         super().__init__()
@@ -49,6 +51,10 @@ class ShardDataModule(pl.LightningDataModule):
     def batcher(self) -> Callable:
         return PlainBatcher(self.data["batch_size"])
 
+    def train_split_dir(self) -> Path:
+        """The folder of the training split (a task may train on derived samples, e.g. detector crops)."""
+        return self.root / self.data["train_split"]
+
     def synthetic_default(self) -> SyntheticData:
         """The kind of synthetic data ``data.synthetic`` describes for this task (faces, scenes ...)."""
         raise NotImplementedError(f"{type(self).__name__} has no synthetic default data: set data.root")
@@ -66,7 +72,7 @@ class ShardDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             self.rank, self.world = self.trainer.global_rank, self.trainer.world_size
         self.root = self.dataset_root()
-        self.train_index = read_index(self.root / self.data["train_split"])
+        self.train_index = read_index(self.train_split_dir())
         if self.val_split is None:
             val_index = read_index(self.root / self.data["val_split"])
             self.val_split = MemorySplit(val_index.shards, self.eval_transform(), self.required_fields)
@@ -84,7 +90,8 @@ class ShardDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> EpochLoader:
-        stream = ShardStream(list(self.train_index.shards), self.train_transform(), self.batcher(), self.required_fields,
+        fields = self.required_fields if self.train_fields is None else self.train_fields
+        stream = ShardStream(list(self.train_index.shards), self.train_transform(), self.batcher(), fields,
                              seed=self.seed, shuffle_buffer=self.data["shuffle_buffer"])
         stream.rank, stream.world = self.rank, self.world
         return EpochLoader(stream, self.batches_per_epoch(), self.data["num_workers"], trainer_epoch=self._trainer_epoch)
@@ -111,6 +118,7 @@ class ShardDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """A batch's uint8 ``image`` becomes the network's float input once it is on the device, in
         every loop (fit, validate, test, predict): modules see float images only."""
-        if isinstance(batch, dict) and "image" in batch:  # a float image here would be normalised twice: an error
-            batch["image"] = normalize_images(batch["image"])
-        return batch
+        image = batch.get("image") if isinstance(batch, dict) else None
+        if isinstance(image, torch.Tensor):  # a float image here would be normalised twice: an error
+            batch["image"] = normalize_images(image)
+        return batch  # images of different sizes travel as a list of arrays, left to the module

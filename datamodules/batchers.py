@@ -7,6 +7,8 @@ recomputed from the current embeddings) must run in the main process instead, wh
 update it: see ARCHITECTURE.md, "batchers in the main process".
 
 - ``PlainBatcher``: consecutive samples of the shuffled stream.
+- ``KindMixBatcher``: MTCNN batches that mix crop kinds by a fixed ratio (3:1:1:2 negative, positive,
+  part, landmark), whatever order the stream brings them in.
 - ``PKBatcher``: the P x K identity sampling of Hermans et al. 2017 over a stream: samples wait in a
   pool grouped by identity; a batch takes P distinct identities and K images of each (with
   replacement for identities that have fewer than K images in the pool). Because identity-grouped
@@ -18,6 +20,7 @@ import itertools
 import random
 from typing import Iterator
 
+from datamodules.codecs.crop_kinds import mix_counts
 from datamodules.collate import collate
 from datamodules.face_config import check_pk
 
@@ -101,3 +104,49 @@ class PKBatcher:
                 used += len(items)
                 del pool[ident]
         return batch, used
+
+
+class KindMixBatcher:
+    """Batches of ``batch_size`` samples whose ``kind`` field follows ``mix`` (kind code -> share) exactly
+    (``crop_kinds.mix_counts``): samples wait in one queue per kind. When the pool reaches ``pool_size``
+    and a kind still lacks samples (a stream short of landmark crops, say), the batch is completed
+    with the kinds that have the most, so the stream never stalls."""
+
+    def __init__(self, batch_size: int, mix: dict[int, int], pool_size: int = 4096):
+        self.batch_size, self.want = batch_size, mix_counts(batch_size, mix)
+        self.pool_size = max(pool_size, 2 * batch_size)
+
+    def __call__(self, samples: Iterator[dict], rng: random.Random, batches: int | None = None) -> Iterator[dict]:
+        pools: dict[int, list[dict]] = {kind: [] for kind in self.want}
+        size, made = 0, 0
+        if batches == 0:
+            return
+        for sample in samples:
+            pools.setdefault(int(sample["kind"]), []).append(sample)
+            size += 1
+            complete = all(len(pools[kind]) >= need for kind, need in self.want.items())
+            if complete or size >= self.pool_size:
+                batch = self._take(pools, rng)
+                size -= len(batch)
+                yield collate(batch)
+                made += 1
+                if made == batches:
+                    return
+
+    def _take(self, pools: dict[int, list[dict]], rng: random.Random) -> list[dict]:
+        batch = []
+        for kind, need in self.want.items():
+            batch += self._draw(pools[kind], need, rng)
+        while len(batch) < self.batch_size:  # a short kind: fill from the fullest queue
+            batch += self._draw(max(pools.values(), key=len), self.batch_size - len(batch), rng)
+        rng.shuffle(batch)
+        return batch
+
+    @staticmethod
+    def _draw(pool: list[dict], count: int, rng: random.Random) -> list[dict]:
+        taken = []
+        for _ in range(min(count, len(pool))):
+            index = rng.randrange(len(pool))
+            pool[index], pool[-1] = pool[-1], pool[index]
+            taken.append(pool.pop())
+        return taken

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,15 @@ class SyntheticData:
     total: Callable[[dict], int]  # samples in all splits (the bar's length)
 
 
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on ``path`` (created if absent): processes that render the same data wait
+    for the first one."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("VISAGE_CACHE", Path.home() / ".cache" / "visage")).expanduser()
 
@@ -65,8 +75,7 @@ def ensure_synthetic(data: SyntheticData, root: Path | str | None, spec: dict, p
         check_spec(root, spec, data.kind)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root.parent / f".{root.name}.lock"):
         if (root / "val" / INDEX_NAME).is_file():  # another process wrote it while we waited
             check_spec(root, spec, data.kind)
             return root

@@ -1,4 +1,5 @@
-"""Pictures for people: samples with their ground truth, retrieval rows, ROC charts, hard pairs.
+"""Pictures for people: samples with their ground truth, retrieval rows, curve charts (ROC,
+precision-recall), hard pairs.
 
 Everything is drawn with OpenCV and returned as an (H, W, 3) uint8 RGB array on a white background,
 ready for a logger (wandb.Image takes RGB arrays) or for ``save_png``. Inputs may be uint8 or float
@@ -7,6 +8,7 @@ images in [0, 1], RGB or grey, HWC numpy arrays or CHW torch tensors.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -219,7 +221,7 @@ def retrieval_panel(query_images: Sequence, gallery_images: Sequence, neighbour_
 
 
 # ---------------------------------------------------------------------------------------------
-# ROC chart
+# curve charts: ROC, precision-recall
 # ---------------------------------------------------------------------------------------------
 
 def _vertical_text(text: str, scale: float = 0.55) -> np.ndarray:
@@ -227,6 +229,108 @@ def _vertical_text(text: str, scale: float = 0.55) -> np.ndarray:
     strip = _canvas(height + 4, width + 4)
     _put_text(strip, text, 2, 2, scale=scale)
     return cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a curve chart: its label and range; ``log`` makes it log10 from ``low`` (> 0) to
+    ``high`` with a tick per decade and faint minor lines (values below ``low`` sit on the edge);
+    otherwise linear with a labelled tick every ``tick`` and a grid line every ``grid``."""
+
+    label: str
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    tick: float = 0.2
+    grid: float = 0.1
+
+
+def curve_plot(curves: dict[str, tuple], x_axis: Axis, y_axis: Axis, size: tuple[int, int] = (720, 540),
+               title: str = "", legend: str = "lower right") -> np.ndarray:
+    """Curves (name -> (x, y)) on one chart of ``size`` = (width, height) pixels, each in the next of
+    CURVE_COLOURS, with a legend naming them inside the plot (``legend``: "lower right",
+    "lower left", "upper right" or "upper left")."""
+    width, height = size
+    left, right, top, bottom = 78, 24, 40, 58
+    canvas = _canvas(height, width)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def position(values, axis: Axis) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if axis.log:
+            low, high = math.log10(axis.low), math.log10(axis.high)
+            return (np.log10(np.clip(values, axis.low, axis.high)) - low) / (high - low)
+        return (np.clip(values, axis.low, axis.high) - axis.low) / (axis.high - axis.low)
+
+    def x_of(values) -> np.ndarray:
+        return left + position(values, x_axis) * plot_w
+
+    def y_of(values) -> np.ndarray:
+        return top + (1.0 - position(values, y_axis)) * plot_h
+
+    def linear_marks(axis: Axis) -> tuple[list[float], list[tuple[float, str]]]:
+        steps = int(round((axis.high - axis.low) / axis.grid))
+        grid = [axis.low + k * axis.grid for k in range(steps + 1)]
+        every = max(1, int(round(axis.tick / axis.grid)))
+        return grid, [(value, f"{value:.1f}") for k, value in enumerate(grid) if k % every == 0]
+
+    # grid and ticks: x
+    if x_axis.log:
+        decades = range(int(math.floor(math.log10(x_axis.low))), int(math.ceil(math.log10(x_axis.high))) + 1)
+        minor = [k * 10.0 ** d for d in decades for k in range(2, 10) if k * 10.0 ** d < x_axis.high]
+        for value in minor:
+            x = int(round(x_of(value)))
+            if x > left:
+                cv2.line(canvas, (x, top), (x, top + plot_h), (242, 242, 242), 1)
+        x_ticks = [(10.0 ** d, "1" if d == 0 else f"1e{d}") for d in decades if 10.0 ** d <= x_axis.high]
+    else:
+        x_ticks = linear_marks(x_axis)[1]
+    for value, label in x_ticks:
+        x = int(round(x_of(value)))
+        cv2.line(canvas, (x, top), (x, top + plot_h), GRID_GREY, 1)
+        cv2.line(canvas, (x, top + plot_h), (x, top + plot_h + 5), BLACK, 1)
+        _put_text(canvas, label, x, top + plot_h + 9, anchor="centre")
+    # y (linear)
+    grid, y_ticks = linear_marks(y_axis)
+    for value in grid:
+        y = int(round(y_of(value)))
+        cv2.line(canvas, (left, y), (left + plot_w, y), GRID_GREY, 1)
+    for value, label in y_ticks:
+        y = int(round(y_of(value)))
+        cv2.line(canvas, (left - 5, y), (left, y), BLACK, 1)
+        _put_text(canvas, label, left - 8, y - 7, anchor="right")
+    cv2.rectangle(canvas, (left, top), (left + plot_w, top + plot_h), BLACK, 1)
+
+    # labels
+    _put_text(canvas, title, width // 2, 10, scale=0.6, thickness=2, anchor="centre")
+    _put_text(canvas, x_axis.label, left + plot_w // 2, height - 24, scale=0.55, anchor="centre")
+    y_label = _vertical_text(y_axis.label)
+    y0 = top + (plot_h - y_label.shape[0]) // 2
+    _paste(canvas, y_label, 8, max(0, y0))
+
+    # curves
+    entries = []
+    for i, (name, (xs, ys)) in enumerate(curves.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        points = np.stack([x_of(xs), y_of(ys)], axis=1)
+        points = np.round(points * 16).astype(np.int32)  # 4 fractional bits for smooth lines
+        cv2.polylines(canvas, [points.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA, shift=4)
+        entries.append((name, colour))
+
+    # legend, inside the plot
+    if entries:
+        line_h = 20
+        text_w = max(_text_size(name)[0] for name, _ in entries)
+        box_w, box_h = text_w + 46, line_h * len(entries) + 8
+        x0 = left + plot_w - box_w - 10 if legend.endswith("right") else left + 10
+        y0 = top + plot_h - box_h - 10 if legend.startswith("lower") else top + 10
+        cv2.rectangle(canvas, (x0, y0), (x0 + box_w, y0 + box_h), WHITE, -1)
+        cv2.rectangle(canvas, (x0, y0), (x0 + box_w, y0 + box_h), (160, 160, 160), 1)
+        for j, (name, colour) in enumerate(entries):
+            y = y0 + 4 + j * line_h + line_h // 2
+            cv2.line(canvas, (x0 + 8, y), (x0 + 32, y), colour, 3, cv2.LINE_AA)
+            _put_text(canvas, name, x0 + 38, y - 8)
+    return canvas
 
 
 def roc_plot(curves: dict[str, tuple], log_fpr: bool = True, size: tuple[int, int] = (720, 540),
@@ -237,77 +341,9 @@ def roc_plot(curves: dict[str, tuple], log_fpr: bool = True, size: tuple[int, in
     decade (points below fpr_min are drawn at the left edge); otherwise linear from 0 to 1. The true
     accept rate axis is linear 0..1. A legend in the lower right names each curve in its colour.
     """
-    width, height = size
-    left, right, top, bottom = 78, 24, 40, 58
-    canvas = _canvas(height, width)
-    plot_w, plot_h = width - left - right, height - top - bottom
-    low = math.log10(fpr_min)
-
-    def x_of(fpr: np.ndarray) -> np.ndarray:
-        fpr = np.asarray(fpr, dtype=np.float64)
-        if log_fpr:
-            position = (np.log10(np.clip(fpr, fpr_min, 1.0)) - low) / -low
-        else:
-            position = np.clip(fpr, 0.0, 1.0)
-        return left + position * plot_w
-
-    def y_of(tpr: np.ndarray) -> np.ndarray:
-        return top + (1.0 - np.clip(np.asarray(tpr, dtype=np.float64), 0.0, 1.0)) * plot_h
-
-    # grid and ticks
-    if log_fpr:
-        decades = range(int(math.floor(low)), 1)
-        minor = [k * 10.0 ** d for d in decades for k in range(2, 10) if k * 10.0 ** d < 1]
-        for fpr in minor:
-            x = int(round(x_of(fpr)))
-            if x > left:
-                cv2.line(canvas, (x, top), (x, top + plot_h), (242, 242, 242), 1)
-        x_ticks = [(10.0 ** d, "1" if d == 0 else f"1e{d}") for d in decades]
-    else:
-        x_ticks = [(v / 10, f"{v / 10:.1f}") for v in range(0, 11, 2)]
-    for fpr, label in x_ticks:
-        x = int(round(x_of(fpr)))
-        cv2.line(canvas, (x, top), (x, top + plot_h), GRID_GREY, 1)
-        cv2.line(canvas, (x, top + plot_h), (x, top + plot_h + 5), BLACK, 1)
-        _put_text(canvas, label, x, top + plot_h + 9, anchor="centre")
-    for step in range(0, 11, 1):
-        y = int(round(y_of(step / 10)))
-        cv2.line(canvas, (left, y), (left + plot_w, y), GRID_GREY, 1)
-        if step % 2 == 0:
-            cv2.line(canvas, (left - 5, y), (left, y), BLACK, 1)
-            _put_text(canvas, f"{step / 10:.1f}", left - 8, y - 7, anchor="right")
-    cv2.rectangle(canvas, (left, top), (left + plot_w, top + plot_h), BLACK, 1)
-
-    # labels
-    _put_text(canvas, title, width // 2, 10, scale=0.6, thickness=2, anchor="centre")
-    x_label = "false accept rate (log scale)" if log_fpr else "false accept rate"
-    _put_text(canvas, x_label, left + plot_w // 2, height - 24, scale=0.55, anchor="centre")
-    y_label = _vertical_text("true accept rate")
-    y0 = top + (plot_h - y_label.shape[0]) // 2
-    _paste(canvas, y_label, 8, max(0, y0))
-
-    # curves
-    entries = []
-    for i, (name, (fpr, tpr)) in enumerate(curves.items()):
-        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
-        points = np.stack([x_of(fpr), y_of(tpr)], axis=1)
-        points = np.round(points * 16).astype(np.int32)  # 4 fractional bits for smooth lines
-        cv2.polylines(canvas, [points.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA, shift=4)
-        entries.append((name, colour))
-
-    # legend (lower right, inside the plot)
-    if entries:
-        line_h = 20
-        text_w = max(_text_size(name)[0] for name, _ in entries)
-        box_w, box_h = text_w + 46, line_h * len(entries) + 8
-        x0, y0 = left + plot_w - box_w - 10, top + plot_h - box_h - 10
-        cv2.rectangle(canvas, (x0, y0), (x0 + box_w, y0 + box_h), WHITE, -1)
-        cv2.rectangle(canvas, (x0, y0), (x0 + box_w, y0 + box_h), (160, 160, 160), 1)
-        for j, (name, colour) in enumerate(entries):
-            y = y0 + 4 + j * line_h + line_h // 2
-            cv2.line(canvas, (x0 + 8, y), (x0 + 32, y), colour, 3, cv2.LINE_AA)
-            _put_text(canvas, name, x0 + 38, y - 8)
-    return canvas
+    x_axis = (Axis("false accept rate (log scale)", low=fpr_min, log=True) if log_fpr
+              else Axis("false accept rate"))
+    return curve_plot(curves, x_axis, Axis("true accept rate"), size=size, title=title, legend="lower right")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,3 +58,45 @@ def identity_dataset(tmp_path) -> Path:
     write_identity_split(root, "train", range(0, 24), 6)
     write_identity_split(root, "val", range(100, 110), 5)
     return root
+
+
+@pytest.fixture(scope="session")
+def facenet_cache(request) -> Path:
+    """Where facenet-pytorch's wheel is downloaded and unzipped once: pytest's cache folder (without the
+    cache plugin, ``-p no:cacheprovider``, this session's throw-away cache)."""
+    from tests.facenet_wheel import default_cache
+
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("facenet-pytorch-2.6.0")) if cache is not None else default_cache()
+
+
+@pytest.fixture(scope="session")
+def mtcnn_weights(facenet_cache) -> Path:
+    """The folder holding facenet-pytorch's real pretrained pnet.pt, rnet.pt, onet.pt (skips the test when
+    the wheel cannot be downloaded)."""
+    from tests.facenet_wheel import WheelUnavailable, weights_dir
+
+    try:
+        return weights_dir(facenet_cache)
+    except (WheelUnavailable, OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"facenet-pytorch's pretrained MTCNN weights unavailable (pip download failed): {err}")
+
+
+@pytest.fixture(scope="session")
+def facenet_reference(mtcnn_weights, facenet_cache):
+    """facenet-pytorch's own MTCNN, loaded from its wheel (never installed; torchvision stubbed)."""
+    from tests.facenet_wheel import facenet_detector
+
+    return facenet_detector("cpu", facenet_cache)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (on a shared 2-core machine, two threads of small convolutions
+    run several times slower than one), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -50,6 +50,16 @@ def test_training_overhead_benchmark_runs_both_loops():
     assert "lightning / raw (goal <= 1.05)" in out
 
 
+def test_detector_benchmark_runs_against_facenet_pytorch(mtcnn_weights, facenet_cache):
+    out = _run("bench_detector.py", "--images", "1", "--repeats", "1", "--weights", str(mtcnn_weights),
+               "--facenet-cache", str(facenet_cache), "--mining-scenes", "2")
+    rows = [line.split("  ")[0] for line in out.splitlines() if line.startswith(("visage MTCNN", "facenet-pytorch"))]
+    assert rows == ["visage MTCNN CPU 1 thread", "visage MTCNN CPU 1 thread, batch of 1", "facenet-pytorch MTCNN CPU 1 thread"]
+    assert "P/R/O ms" in out and "visage / facenet-pytorch (CPU, 1 thread, one image per call)" in out
+    assert "OpenCV Haar cascade" in out  # a row, or the line saying this OpenCV lacks it
+    assert "mining rnet crops:" in out and "mining onet crops:" in out
+
+
 def test_metrics_against_torchmetrics_benchmark_runs():
     out = _run("bench_metrics_vs_torchmetrics.py", "--pairs", "2000", "--queries", "60", "--repeats", "1")
     rows = [line.split()[0] for line in out.splitlines() if line.startswith(("ROC ", "AUC ", "retrieval "))]

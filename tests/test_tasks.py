@@ -23,7 +23,7 @@ def test_every_task_has_configs():
 
 @pytest.mark.parametrize("name, path", CONFIGS, ids=[f"{n}/{p.stem}" for n, p in CONFIGS])
 def test_every_config_runs_one_training_and_one_validation_batch(name, path, tmp_path):
-    from trainers.build import build_run
+    from trainers.fitting import fit_experiment
 
     # on the task's tiny synthetic data, also for a recipe that names a real dataset (data.root)
     overrides = [*TASKS[name].tiny, "data.root=null", "trainer.devices=1",
@@ -31,10 +31,9 @@ def test_every_config_runs_one_training_and_one_validation_batch(name, path, tmp
                  "trainer.fast_dev_run=1", "logging.wandb=disabled", f"run.root={tmp_path}"]
     cfg = load_config(str(path), overrides)
     assert cfg.task == name
-    run = build_run(cfg, tmp_path / "run")
-    run.datamodule.prepare_data()
-    run.trainer.fit(run.module, datamodule=run.datamodule)
-    assert run.trainer.global_step == 1
+    outcome = fit_experiment(cfg, tmp_path / "run", None)  # a task's steps, each for one batch, or one run
+    run = outcome.run
+    assert outcome.code == 0 and run.trainer.global_step == 1
     logged = {k: float(v) for k, v in run.trainer.callback_metrics.items()}
     metric, direction = run.module.monitor
     assert direction in ("min", "max")

@@ -70,9 +70,14 @@ def choose_run_dir_and_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
             cfg.run.root, cfg.run.name, cfg.run.id)
         return run_dir, str(ckpt)
     if resume == "auto" and not cfg.run.id and not os.environ.get(RUN_DIR_ENV) and not slurm_run_suffix(os.environ):
-        previous = newest_loadable(resume_candidates((Path(cfg.run.root) / cfg.run.name).glob("*")), say)
+        runs = [p for p in (Path(cfg.run.root) / cfg.run.name).glob("*") if p.is_dir()]
+        steps = [step for run in runs for step in run.iterdir() if (step / "checkpoints").is_dir()]
+        previous = newest_loadable(resume_candidates([*runs, *steps]), say)
         if previous is not None:
-            return run_dir_of(previous), str(previous)
+            owner = run_dir_of(previous)
+            if owner in steps:  # a step of a run of steps: the run resumes step by step (trainers/fitting.py)
+                return owner.parent, None
+            return owner, str(previous)
     run_dir = resolve_run_dir(cfg.run.root, cfg.run.name, cfg.run.id)
     if resume == "auto" or list(run_dir.glob("hpc_ckpt_*.ckpt")):  # a requeued SLURM job resumes by itself
         ckpt = checkpoint_to_resume(run_dir, say)

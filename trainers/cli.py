@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from configs.errors import VisageError
-from configs.schema import ConfigError, to_plain
+from configs.schema import ConfigError
 from trainers import stop_signals
 from trainers.config import load_config
 from trainers.launched_ranks import TERMINATED_EXIT, blame_other_ranks, end_launched_ranks
@@ -41,42 +41,6 @@ def _check_cluster(cfg) -> None:
     ensure_master_addr()
 
 
-def _finetune_callbacks(cfg) -> list:
-    if not cfg.finetune["freeze"]:
-        return []
-    from trainers.finetune import FreezeUnfreeze  # noqa: PLC0415
-
-    return [FreezeUnfreeze(list(cfg.finetune["freeze"]), cfg.finetune["unfreeze_at_epoch"],
-                           cfg.finetune["lr_factor"])]
-
-
-def _check_freeze_paths(cfg, module) -> None:
-    """Every ``finetune.freeze`` path names a submodule of the built module (before any data is made)."""
-    from trainers.finetune import resolve_submodule  # noqa: PLC0415
-
-    for path in cfg.finetune["freeze"]:
-        try:
-            resolve_submodule(module, path)
-        except AttributeError as err:
-            raise ConfigError(f"finetune.freeze: {err}") from None
-
-
-def _load_finetune_weights(cfg, run):
-    """The ``finetune.from`` weights loaded into the module (ConfigError when too little of them fits);
-    the report, or None when nothing was asked for."""
-    if not cfg.finetune["from"] or run.resume_from:
-        return None
-    from trainers.finetune_guard import load_finetune_weights  # noqa: PLC0415
-
-    return load_finetune_weights(run.module, to_plain(cfg))
-
-
-def _write_finetune_report(run, report) -> None:
-    if report is not None and run.trainer.is_global_zero:
-        print(report.format(), flush=True)
-        (run.run_dir / "finetune_report.txt").write_text(report.format())
-
-
 def cmd_fit(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -85,42 +49,24 @@ def cmd_fit(args) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     _check_cluster(cfg)  # before torch and Lightning are even imported: a bad allocation fails in seconds
-    from trainers.build import build_run, choose_run_dir_and_checkpoint, prepare_run_dir, write_metrics  # noqa: PLC0415
+    from trainers.build import choose_run_dir_and_checkpoint, prepare_run_dir  # noqa: PLC0415
+    from trainers.fitting import fit_experiment  # noqa: PLC0415
 
     run_dir, resume_from = choose_run_dir_and_checkpoint(cfg)
-    # built before anything is written: Lightning's refusal of a trainer setting leaves no run directory
-    run = build_run(cfg, run_dir, resume_from, extra_callbacks=_finetune_callbacks(cfg))
-    _check_freeze_paths(cfg, run.module)
-    report = _load_finetune_weights(cfg, run)  # weights that do not fit stop the run before anything is made
-    prepare_run_dir(cfg, run_dir)
-    _write_finetune_report(run, report)
-    # synthetic data is generated here, under a file lock, before any collective could time out
-    run.datamodule.prepare_data()
-    try:
-        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume_from)
-    except stop_signals.StoppedAtStep as stop:  # SIGTERM or the requeue signal: checkpoint saved
-        if run.trainer.is_global_zero:
-            print(f"visage: {stop.message}", file=sys.stderr, flush=True)
-        return stop.code
-    if stop_signals.REQUESTS.stopped_after_training:  # SIGTERM after the last step: no final validation
-        path, step = stop_signals.REQUESTS.stopped_after_training
-        if run.trainer.is_global_zero:
-            print(f"visage: terminated (SIGTERM) after the last training step: saved {path} at global step {step}; "
-                  "the final validation did not run (resume with run.resume=auto to run it)", file=sys.stderr)
-        return TERMINATED_EXIT
-    # validate the final weights, unless fit's last validation already did (it would be logged twice)
-    validated_last = run.metrics.metrics and run.metrics.step == run.trainer.global_step
-    final = None if validated_last else run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
-    if run.trainer.is_global_zero:
-        metrics = {k: float(v) for k, v in (final[0] if final else run.metrics.metrics).items()}
-        path = write_metrics(run, metrics)
-        _print_summary(run, path, metrics)
+    # the run is built before anything is written: Lightning's refusal of a trainer setting or a bad
+    # finetune.freeze path leaves no run directory (trainers/fitting.py calls this once it is built)
+    outcome = fit_experiment(cfg, run_dir, resume_from, prepare_dir=lambda: prepare_run_dir(cfg, run_dir))
+    if outcome.code:
+        return outcome.code
+    if outcome.run is not None and outcome.run.trainer.is_global_zero:
+        _print_summary(outcome.run, run_dir, outcome.metrics)
     return 0
 
 
-def _print_summary(run, metrics_path: Path, metrics: dict) -> None:
+def _print_summary(run, run_dir: Path, metrics: dict) -> None:
+    """The task's summary and where things are (``run.run_dir`` is the last step's folder in a run of steps)."""
     print(f"\n{run.module.summary(metrics)}\n"
-          f"\nrun directory: {run.run_dir}\nmetrics:       {metrics_path}\n"
+          f"\nrun directory: {run_dir}\nmetrics:       {run_dir / 'metrics.json'}\n"
           f"pictures:      {run.run_dir / 'pictures'}\ncheckpoints:   {run.run_dir / 'checkpoints'}"
           f" (best: {run.checkpoint.best_model_path or 'none'})\ncsv log:       {run.run_dir / 'csv' / 'metrics.csv'}",
           flush=True)
@@ -209,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # slurm package not installed in this environment
         pass
     add_export_parser(sub)
+    from trainers.detect import add_detect_parser  # noqa: PLC0415
+
+    add_detect_parser(sub)
     from trainers.compare import add_compare_parser  # noqa: PLC0415
 
     add_compare_parser(sub)

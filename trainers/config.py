@@ -128,3 +128,16 @@ def compose(experiment: DictConfig, overrides=(), default_name: str = "experimen
     except OmegaConfBaseException as err:  # a value a check reads that fails to resolve
         raise ConfigError(_describe(err)) from None
     return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """A checked config with ``key=value`` overrides on top of ``cfg`` (a loaded experiment)."""
+    if not overrides:
+        return cfg
+    schema = load(task(cfg.task).schema)
+    try:
+        merged = OmegaConf.merge(cfg, parse_overrides(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from None
+    schema.check(merged)
+    return merged

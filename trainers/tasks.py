@@ -35,6 +35,12 @@ TASKS: dict[str, Task] = {
     "recognizer": Task("modules.recognizer_config:RecognizerExperiment", "modules.recognizer:FaceRecognizer",
                        "datamodules.recognition:RecognitionDataModule",
                        tiny=(*FACE_TINY, "data.batch_size=8", "model.embedding_size=16")),
+    "detector": Task("modules.detector_config:DetectorExperiment", "modules.detector:FaceDetector",
+                     "datamodules.detection:DetectionDataModule",
+                     tiny=("data.synthetic.train_scenes=4", "data.synthetic.val_scenes=2", "data.synthetic.width=[96,128]",
+                           "data.synthetic.height=[96,128]", "data.synthetic.face_height=[24,60]",
+                           "data.synthetic.max_faces=2", "data.crops.chunk_scenes=2", "data.batch_size=16",
+                           "data.num_workers=0", "data.val_batch_size=2", "model.cascade.min_face=24")),
 }
 
 

@@ -3,6 +3,8 @@
     recordio.py           insightface MXNet RecordIO (train.rec + train.idx), read without mxnet
     verification_bin.py   insightface verification pairs (lfw.bin, cfp_fp.bin, agedb_30.bin)
     folders.py            one folder per identity (root/<name>/*.jpg)
+    wider_face.py         WIDER FACE annotation text + images (+ the evaluation's .mat files) -> scenes
+    celeba_landmarks.py   CelebA 5-point landmarks (+ boxes, partition) -> face crops
 
 Converters never stop at a bad sample: they skip it, count it by kind in a ``ConversionReport``,
 warn once with the counts, and save the report as ``conversion.json`` beside the split's index.
@@ -13,8 +15,10 @@ import io
 import json
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from datamodules.schema import SampleError
 
@@ -37,6 +41,21 @@ class ConversionReport:
         self.skipped[kind] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(message)
+
+    @contextmanager
+    def sample(self, where: str) -> Iterator[None]:
+        """Around the conversion of one sample: counts it as written, or as skipped by kind (a bad
+        sample, a missing or unreadable file) with ``where`` naming it; the conversion goes on."""
+        try:
+            yield
+        except SampleError as err:
+            self.skip(err.kind, f"{where}: {err}")
+        except FileNotFoundError:
+            self.skip("missing_image", f"{where}: the image does not exist")
+        except OSError as err:
+            self.skip("unreadable_file", f"{where}: {err}")
+        else:
+            self.written += 1
 
     def summary(self) -> str:
         kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(self.skipped.items()))
