@@ -13,8 +13,9 @@ from datamodules.decoding import decode_rgb, decode_sample
 from datamodules.shard_stream import read_shard
 from datamodules.schema import FLAG_INDEX, IGNORED, SampleError, validate_annotation
 from datamodules.shards import encode_image, read_index
+from datamodules.synth.scene_paint import ellipse_pixels
 from datamodules.synth.scenes import (
-    _ellipse_pixels, generate_scenes, render_scene, scene_key, scene_rng, scene_spec, write_scene_split,
+    generate_scenes, render_scene, scene_key, scene_rng, scene_spec, write_scene_split,
 )
 
 SMALL = {"width": (160, 240), "height": (120, 180), "face_height": (10.0, 90.0)}
@@ -198,8 +199,8 @@ def test_clean_scenes_have_clean_flags_and_nuisance_shows_in_them():
 
 def test_ellipse_share_by_hand():
     # a box half outside the left edge: half of the ellipse lies in the image
-    _, _, inside, share = _ellipse_pixels((-20.0, 0.0, 20.0, 60.0), 100, 100)
+    _, _, inside, share = ellipse_pixels((-20.0, 0.0, 20.0, 60.0), 100, 100)
     assert abs(share - 0.5) < 0.02
     assert abs(inside.sum() - math.pi * 20 * 30 / 2) < 0.02 * math.pi * 20 * 30
-    _, _, inside, share = _ellipse_pixels((10.0, 10.0, 50.0, 70.0), 100, 100)
+    _, _, inside, share = ellipse_pixels((10.0, 10.0, 50.0, 70.0), 100, 100)
     assert abs(share - 1.0) < 0.01
