@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from trainers import cli
+from trainers import cli, fitting
 
 
 class SaveRankWeights(pl.Callback):
@@ -38,8 +38,8 @@ class SaveRankWeights(pl.Callback):
 def main() -> int:
     folder = Path(os.environ["RANK_WEIGHTS_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
-    finetune_callbacks = cli._finetune_callbacks
-    cli._finetune_callbacks = lambda cfg: [*finetune_callbacks(cfg), SaveRankWeights(folder)]
+    finetune_callbacks = fitting.finetune_callbacks
+    fitting.finetune_callbacks = lambda cfg: [*finetune_callbacks(cfg), SaveRankWeights(folder)]
     return cli.main(sys.argv[1:])
 
 

@@ -11,14 +11,14 @@ import torch
 
 from tests.slurm_cluster import FINISHED_STATES, job_logs, visage_submit
 from tests.slurm_cluster import _slurm_one_node, slurm_cluster  # noqa: F401 (fixtures used by the test)
-from tests.test_detector_runs import EXPERIMENT, TINY
+from tests.test_detector_runs import TINY
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ddp]
 
 
 def test_requeue_inside_a_stage_resumes_that_stage_and_completes_the_cascade(slurm_cluster, tmp_path):
     job, (run_dir,) = visage_submit(slurm_cluster, tmp_path, [
-        EXPERIMENT, "--cluster", "local", "--gpus-per-node", "2", *TINY, "trainer.max_epochs=1",
+        "detector/mtcnn.yaml", "--cluster", "local", "--gpus-per-node", "2", *TINY, "trainer.max_epochs=1",
         "model.stage_epochs={pnet: 1, rnet: 12, onet: 1}", "trainer.ddp_timeout_s=120",
         "logging.progress_every_n_steps=1", "logging.pictures=false", "model.haar_baseline=false"])
     deadline = time.monotonic() + 400
