@@ -35,6 +35,7 @@ from modules.losses.mtcnn_loss import stage_loss
 from modules.nets.mtcnn import build_stage_net
 from modules.nets.mtcnn_pretrained import load_facenet_mtcnn
 from modules.nets.mtcnn_stages import STAGES
+from modules.nets.state_dicts import under_prefix
 from modules.optim import configure_optimizers
 
 
@@ -248,9 +249,13 @@ def stage_weights(path: str, stage: str) -> dict[str, torch.Tensor]:
     """One stage's weights from a detector checkpoint (keys ``<stage>.*``), for another run to start from."""
     if not Path(path).is_file():
         raise StageChoiceError(f"model.weights.{stage}: checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same error for the user
+        raise StageChoiceError(f"model.weights.{stage}: {path} is not a readable checkpoint ({type(err).__name__})") from None
+    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
     prefix = f"{stage}."
-    weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    weights = under_prefix(state, prefix)
     if not weights:
         raise StageChoiceError(f"model.weights.{stage}: {path} holds no {stage} weights (keys {prefix}*)")
     return weights

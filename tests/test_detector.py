@@ -113,3 +113,20 @@ def test_wider_prediction_files_hold_name_count_and_xywh_score_lines(tmp_path):
     paths = write_wider_predictions(tmp_path, "val", [scene, empty])
     assert paths[0].read_text().splitlines() == ["scene00000001", "1", "10.0 20.0 30.0 40.0 0.9000"]
     assert paths[1].read_text().splitlines() == ["scene00000002", "0"]
+
+
+def test_stage_weights_from_a_bad_file_are_one_line_errors_naming_the_key(tmp_path):
+    from modules.detector import StageChoiceError, stage_weights
+    from modules.nets.mtcnn import build_stage_net
+
+    good = tmp_path / "cascade.ckpt"
+    pnet = build_stage_net("pnet").state_dict()
+    torch.save({"state_dict": {f"pnet.{key}": value for key, value in pnet.items()}}, good)
+    assert stage_weights(str(good), "pnet").keys() == pnet.keys()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    cases = [(truncated, "pnet", "is not a readable checkpoint"), (good, "rnet", "holds no rnet weights"),
+             (tmp_path / "missing.ckpt", "pnet", "does not exist")]
+    for path, stage, message in cases:
+        with pytest.raises(StageChoiceError, match=f"model.weights.{stage}: .*{message}"):
+            stage_weights(str(path), stage)

@@ -23,8 +23,8 @@ from trainers.checkpoint_choice import (checkpoint_to_resume, newest_loadable, r
 from trainers.checkpoint_io import AtomicCheckpointIO, remove_partial_saves
 from trainers.curves import CurvesAtEnd
 from trainers.dashboard import DashboardSummary, dashboard_logger
-from trainers.last_checkpoint import LastCheckpoint
 from trainers.ddp import FreezeAwareDDPStrategy
+from trainers.last_checkpoint import LastCheckpoint
 from trainers.lightning_trainer import make_trainer
 from trainers.progress import progress_callbacks
 from trainers.requeue import StopAtStepBoundary

@@ -44,6 +44,7 @@ def nets_from_checkpoint(path: str | Path) -> dict:
     import torch  # noqa: PLC0415
 
     from modules.nets.mtcnn import build_stage_net  # noqa: PLC0415
+    from modules.nets.state_dicts import under_prefix  # noqa: PLC0415
 
     path = Path(path)
     if not path.is_file():
@@ -55,8 +56,7 @@ def nets_from_checkpoint(path: str | Path) -> dict:
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise DetectorCheckpointError(f"--ckpt: {path}: not a Lightning checkpoint (no 'state_dict')")
-    per_stage = {stage: {key[len(stage) + 1:]: value for key, value in state.items() if key.startswith(stage + ".")}
-                 for stage in STAGES}
+    per_stage = {stage: under_prefix(state, f"{stage}.") for stage in STAGES}
     missing = [stage for stage in STAGES if not per_stage[stage]]
     if missing:
         found = [stage for stage in STAGES if per_stage[stage]] or ["none"]

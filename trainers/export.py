@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from configs.errors import VisageError
 from configs.schema import to_plain
+from modules.nets.state_dicts import under_prefix
 from trainers.finetune import resolve_submodule
 from trainers.tasks import TASKS, load
 
@@ -81,7 +82,7 @@ def checkpoint_network(config: dict, state_dict: dict, path: Path):
     spec = module.exportable()
     network = resolve_submodule(module, spec.attribute)
     prefix = f"{spec.attribute}."
-    state = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    state = under_prefix(state_dict, prefix)
     missing, unexpected = network.load_state_dict(state, strict=False)
     if missing or unexpected or not state:
         raise ExportError(f"{path}: the weights under {prefix!r} do not fit the {spec.attribute} its config builds "

@@ -88,7 +88,8 @@ def fit_run(cfg: DictConfig, run_dir: Path, resume_from: str | None,
     run = build_run(cfg, run_dir, resume_from, extra_callbacks=finetune_callbacks(cfg))
     check_freeze_paths(cfg, run.module)
     report = load_finetune_weights(cfg, run)
-    once(prepare_dir)()
+    if prepare_dir is not None:
+        prepare_dir()
     write_finetune_report(run, report)
     # synthetic data is generated here, under a file lock, before any collective could time out
     run.datamodule.prepare_data()
@@ -178,7 +179,8 @@ def run_steps(cfg: DictConfig, steps: list[Step], run_dir: Path,
 
 def predict_step(cfg: DictConfig, step_dir: Path, prepare_dir: Callable[[], None] | None = None) -> None:
     run = build_run(cfg, step_dir)
-    once(prepare_dir)()
+    if prepare_dir is not None:
+        prepare_dir()
     run.datamodule.prepare_data()
     run.trainer.predict(run.module, datamodule=run.datamodule, return_predictions=False)
     if run.trainer.is_global_zero:
