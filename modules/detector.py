@@ -75,10 +75,11 @@ class FaceDetector(pl.LightningModule):
         ``{name}`` in a step's overrides is that earlier step's folder, ``{name_ckpt}`` its checkpoint."""
         if config["model"]["stage"] != "cascade":
             return []
-        epochs = config["model"]["stage_epochs"]
+        epochs, batch = config["model"]["stage_epochs"], config["model"]["stage_batch_size"]
 
         def fit(stage: str, *overrides: str) -> Step:
             budget = (f"trainer.max_epochs={epochs[stage]}",) if epochs.get(stage) else ()
+            budget += (f"data.batch_size={batch[stage]}",) if batch.get(stage) else ()
             return Step(stage, "fit", (f"model.stage={stage}", *overrides, *budget))
 
         def mine(stage: str, *weights: str) -> Step:

@@ -83,6 +83,8 @@ def test_the_cascade_is_five_steps_and_a_stage_runs_alone():
     onet = cascade[-1].overrides
     assert "model.weights.pnet={pnet_ckpt}" in onet and "model.weights.rnet={rnet_ckpt}" in onet
     assert "data.train_crops={onet_crops}/crops" in onet and "trainer.max_epochs=4" in onet
+    assert "data.batch_size=32" in onet  # model.stage_batch_size.onet; P-Net takes data.batch_size
+    assert not [o for o in cascade[0].overrides if o.startswith("data.batch_size")]
     assert FaceDetector.steps(to_plain(load_config(EXPERIMENT, ["model.stage=pnet"]))) == []
 
 
@@ -96,6 +98,8 @@ def test_the_cascade_is_five_steps_and_a_stage_runs_alone():
     (["model.loss_weights.pnet=[1,0.5]"], "model.loss_weights.pnet"),
     (["data.synthetic.width=[400,300]"], "data.synthetic.width"),
     (["data.predict_on=train"], "data.predict_on"),
+    (["model.stage_batch_size.onet=0"], "model.stage_batch_size.onet"),
+    (["model.stage_batch_size.fnet=8"], "model.stage_batch_size.fnet"),
 ])
 def test_bad_detector_configs_name_the_key(overrides, key):
     from configs.schema import ConfigError
