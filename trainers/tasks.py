@@ -40,7 +40,8 @@ TASKS: dict[str, Task] = {
                      tiny=("data.synthetic.train_scenes=4", "data.synthetic.val_scenes=2", "data.synthetic.width=[96,128]",
                            "data.synthetic.height=[96,128]", "data.synthetic.face_height=[24,60]",
                            "data.synthetic.max_faces=2", "data.crops.chunk_scenes=2", "data.batch_size=16",
-                           "model.stage_batch_size={rnet: 16, onet: 16}", "data.num_workers=0", "data.val_batch_size=2", "model.cascade.min_face=24")),
+                           "model.stage_batch_size={rnet: 16, onet: 16}", "data.num_workers=0", "data.val_batch_size=2",
+                           "model.cascade.min_face=24")),
 }
 
 
