@@ -35,8 +35,9 @@ from modules.losses.mtcnn_loss import stage_loss
 from modules.nets.mtcnn import build_stage_net
 from modules.nets.mtcnn_pretrained import load_facenet_mtcnn
 from modules.nets.mtcnn_stages import STAGES
-from modules.nets.state_dicts import under_prefix
+from modules.nets.state_dicts import read_lightning_checkpoint, under_prefix
 from modules.optim import configure_optimizers
+from modules.step_logging import loggers_write_this_step
 
 
 class StageChoiceError(VisageError, ValueError):
@@ -80,7 +81,9 @@ class FaceDetector(pl.LightningModule):
         def fit(stage: str, *overrides: str) -> Step:
             budget = (f"trainer.max_epochs={epochs[stage]}",) if epochs.get(stage) else ()
             budget += (f"data.batch_size={batch[stage]}",) if batch.get(stage) else ()
-            return Step(stage, "fit", (f"model.stage={stage}", *overrides, *budget))
+            # the Haar baseline is compared with the whole cascade's faces: it runs beside O-Net's validation only
+            baseline = () if stage == "onet" else ("model.haar_baseline=false",)
+            return Step(stage, "fit", (f"model.stage={stage}", *overrides, *budget, *baseline))
 
         def mine(stage: str, *weights: str) -> Step:
             return Step(f"{stage}_crops", "predict", (f"model.stage={stage}", "data.predict_on=mining",
@@ -120,7 +123,9 @@ class FaceDetector(pl.LightningModule):
                           batch["landmarks"], weights, self.config["model"]["ohem_ratio"])
         stop_if_not_finite(self, loss.total)
         self.log("train/loss", loss.total, prog_bar=True)
-        self.log_dict({"train/face_loss": loss.face, "train/box_loss": loss.box, "train/landmark_loss": loss.landmark})
+        if loggers_write_this_step(self):  # the parts only for the dashboards: skip Lightning's per-call cost
+            self.log_dict({"train/face_loss": loss.face, "train/box_loss": loss.box,
+                           "train/landmark_loss": loss.landmark})
         return loss.total
 
     def configure_optimizers(self):
@@ -248,17 +253,10 @@ class FaceDetector(pl.LightningModule):
 
 def stage_weights(path: str, stage: str) -> dict[str, torch.Tensor]:
     """One stage's weights from a detector checkpoint (keys ``<stage>.*``), for another run to start from."""
-    if not Path(path).is_file():
-        raise StageChoiceError(f"model.weights.{stage}: checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same error for the user
-        raise StageChoiceError(f"model.weights.{stage}: {path} is not a readable checkpoint ({type(err).__name__})") from None
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    prefix = f"{stage}."
-    weights = under_prefix(state, prefix)
+    weights = under_prefix(read_lightning_checkpoint(path, f"model.weights.{stage}", StageChoiceError)["state_dict"],
+                           f"{stage}.")
     if not weights:
-        raise StageChoiceError(f"model.weights.{stage}: {path} holds no {stage} weights (keys {prefix}*)")
+        raise StageChoiceError(f"model.weights.{stage}: {path} holds no {stage} weights (keys {stage}.*)")
     return weights
 
 

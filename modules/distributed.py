@@ -1,4 +1,5 @@
-"""Collectives the losses need, written for any torch.distributed backend (gloo on CPU, nccl on GPU).
+"""Collectives the losses and the per-step agreements need, written for any torch.distributed backend
+(gloo on CPU, nccl on GPU).
 
 Every function works unchanged in a single process (world size 1), so one code path serves both.
 """
@@ -16,6 +17,17 @@ def rank_and_world() -> tuple[int, int]:
     if is_distributed():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def any_rank(flags: list[bool], device: torch.device | str = "cpu") -> list[bool]:
+    """Each flag OR-ed over the ranks, in one all-reduce. For checks made at every step: Lightning's
+    ``strategy.reduce`` puts a barrier before its all-reduce, a second wait per step (``device``: where
+    the backend reduces, the module's device)."""
+    if not is_distributed():
+        return [bool(flag) for flag in flags]
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
 
 
 def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from configs.errors import VisageError
+from modules.distributed import any_rank
 
 
 class NonFiniteLossError(VisageError, FloatingPointError):
@@ -16,10 +17,8 @@ def stop_if_not_finite(module, loss: torch.Tensor, name: str = "loss") -> None:
     The checkpoints already written (last.ckpt, best) stay untouched: the run stops before the
     optimizer applies the bad step.
     """
-    bad = not bool(torch.isfinite(loss.detach()).all())
     trainer = getattr(module, "_trainer", None)
-    if trainer is not None:
-        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+    bad, = any_rank([not bool(torch.isfinite(loss.detach()).all())], loss.device)
     if bad:
         step = trainer.global_step if trainer is not None else "?"
         raise NonFiniteLossError(

@@ -83,8 +83,10 @@ def test_the_cascade_is_five_steps_and_a_stage_runs_alone():
     onet = cascade[-1].overrides
     assert "model.weights.pnet={pnet_ckpt}" in onet and "model.weights.rnet={rnet_ckpt}" in onet
     assert "data.train_crops={onet_crops}/crops" in onet and "trainer.max_epochs=4" in onet
-    assert "data.batch_size=32" in onet  # model.stage_batch_size.onet; P-Net takes data.batch_size
+    assert "data.batch_size=16" in onet  # model.stage_batch_size.onet; P-Net takes data.batch_size
     assert not [o for o in cascade[0].overrides if o.startswith("data.batch_size")]
+    # the Haar baseline beside the whole cascade only
+    assert [s.name for s in cascade if "model.haar_baseline=false" in s.overrides] == ["pnet", "rnet"]
     assert FaceDetector.steps(to_plain(load_config(EXPERIMENT, ["model.stage=pnet"]))) == []
 
 
@@ -129,7 +131,7 @@ def test_stage_weights_from_a_bad_file_are_one_line_errors_naming_the_key(tmp_pa
     assert stage_weights(str(good), "pnet").keys() == pnet.keys()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[:100])
-    cases = [(truncated, "pnet", "is not a readable checkpoint"), (good, "rnet", "holds no rnet weights"),
+    cases = [(truncated, "pnet", "cannot be read as a checkpoint"), (good, "rnet", "holds no rnet weights"),
              (tmp_path / "missing.ckpt", "pnet", "does not exist")]
     for path, stage, message in cases:
         with pytest.raises(StageChoiceError, match=f"model.weights.{stage}: .*{message}"):

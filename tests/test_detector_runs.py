@@ -40,7 +40,7 @@ def cascade(tmp_path_factory) -> Path:
     within its fit (every 2nd epoch): each step's metrics come from the validation after it."""
     root = tmp_path_factory.mktemp("cascade")
     run_visage("fit", EXPERIMENT, *TINY, *ONE, "trainer.max_epochs=1", "model.stage_epochs={pnet: 1, rnet: 1, onet: 1}",
-               "trainer.check_val_every_n_epoch=2", f"run.root={root}", "run.id=whole")
+               "trainer.check_val_every_n_epoch=2", "trainer.log_every_n_steps=2", f"run.root={root}", "run.id=whole")
     return root / "detector-mtcnn" / "whole"
 
 
@@ -57,6 +57,24 @@ def test_the_whole_cascade_leaves_each_step_and_the_final_metrics(cascade):
     assert {"val/ap_easy", "val/ap_medium", "val/ap_hard", "val/haar/ap_hard"} <= set(final["metrics"])
     assert (cascade / "onet" / "pictures" / "precision-recall-latest.png").is_file()
     assert (cascade / "onet" / "pictures" / "detections-latest.png").is_file()
+    # the Haar baseline beside the whole cascade's validation, not beside P-Net's windows
+    assert not [k for k in json.loads((cascade / "pnet" / "metrics.json").read_text())["metrics"] if "haar" in k]
+
+
+def test_the_loss_parts_are_logged_on_every_step_the_loss_is_written(cascade):
+    """Logged only on the steps the loggers write, the parts must be that step's own: eq. 4, the loss is
+    their weighted sum (1 / 0.5 / 0.5 for P-Net, 1 / 0.5 / 1 for O-Net), step by step."""
+    from modules.losses.mtcnn_loss import LOSS_WEIGHTS
+    from trainers.csv_log import read_metrics
+    for stage in ("pnet", "onet"):
+        curves = read_metrics(cascade / stage)
+        steps, loss = curves["train/loss"]
+        assert len(steps) >= 3, (stage, steps)
+        parts = [curves[f"train/{part}_loss"] for part in ("face", "box", "landmark")]
+        for part_steps, _ in parts:
+            assert part_steps.tolist() == steps.tolist(), stage
+        weighted = sum(w * values for w, (_, values) in zip(LOSS_WEIGHTS[stage], parts))
+        assert weighted == pytest.approx(loss, rel=1e-4, abs=1e-6), stage
 
 
 def test_a_stopped_cascade_resumes_at_its_unfinished_step(cascade, tmp_path):

@@ -121,7 +121,7 @@ def test_export_errors_are_one_line_on_stderr_with_exit_2(tmp_path, capsys):
     corrupt.write_bytes(b"not a checkpoint")
     plain = tmp_path / "plain.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, plain)
-    cases = [([str(tmp_path / "missing.ckpt")], "does not exist"), ([str(corrupt)], "cannot read checkpoint"),
+    cases = [([str(tmp_path / "missing.ckpt")], "does not exist"), ([str(corrupt)], "cannot be read as a checkpoint"),
              ([str(plain)], "is not a Lightning checkpoint"),
              ([str(checkpoint), "--format", "tflite"], "--format: 'tflite' is not one of state_dict, torchscript, onnx")]
     for args, expected in cases:

@@ -41,21 +41,10 @@ class DetectUsageError(VisageError, ValueError):
 
 def nets_from_checkpoint(path: str | Path) -> dict:
     """P-Net, R-Net, O-Net from a Lightning checkpoint holding them under ``pnet.``, ``rnet.``, ``onet.``."""
-    import torch  # noqa: PLC0415
-
     from modules.nets.mtcnn import build_stage_net  # noqa: PLC0415
-    from modules.nets.state_dicts import under_prefix  # noqa: PLC0415
+    from modules.nets.state_dicts import read_lightning_checkpoint, under_prefix  # noqa: PLC0415
 
-    path = Path(path)
-    if not path.is_file():
-        raise DetectorCheckpointError(f"--ckpt: {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same error for the user
-        raise DetectorCheckpointError(f"--ckpt: {path}: not a readable checkpoint ({type(err).__name__})") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise DetectorCheckpointError(f"--ckpt: {path}: not a Lightning checkpoint (no 'state_dict')")
+    state = read_lightning_checkpoint(path, "--ckpt", DetectorCheckpointError)["state_dict"]
     per_stage = {stage: under_prefix(state, f"{stage}.") for stage in STAGES}
     missing = [stage for stage in STAGES if not per_stage[stage]]
     if missing:

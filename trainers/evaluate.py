@@ -15,10 +15,10 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from configs.schema import ConfigError
+from modules.nets.state_dicts import read_lightning_checkpoint
 from trainers.build import build_run, is_launcher_or_rank_zero, prepare_run_dir
 from trainers.evaluation_config import (Difference, evaluation_config, evaluation_dir, override_keys,
                                         split_arguments)
@@ -30,17 +30,8 @@ RESTORE = "_restore_modules_and_callbacks"  # Lightning's step that loads a chec
 
 def read_checkpoint(path: str) -> dict:
     """The checkpoint's dict, its tensors memory-mapped (a large classifier is not read twice)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"--ckpt: checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 (a truncated file, not a zip, pickled objects ...)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"--ckpt: {path} cannot be read as a checkpoint: {first}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"--ckpt: {path} is not a training checkpoint (no state_dict); `visage export` "
-                          "files hold a backbone for finetune.from, not a model to evaluate")
-    return checkpoint
+    return read_lightning_checkpoint(path, "--ckpt", ConfigError, "; `visage export` files hold a backbone for "
+                                     "finetune.from, not a model to evaluate", mmap=True)
 
 
 def _shape(tensor) -> str:

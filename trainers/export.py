@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from configs.errors import VisageError
 from configs.schema import to_plain
-from modules.nets.state_dicts import under_prefix
+from modules.nets.state_dicts import read_lightning_checkpoint, under_prefix
 from trainers.finetune import resolve_submodule
 from trainers.tasks import TASKS, load
 
@@ -49,16 +49,8 @@ class ExportFailed(VisageError, RuntimeError):
 
 
 def read_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise ExportError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, not a torch file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"cannot read checkpoint {path}: {first}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ExportError(f"{path} is not a Lightning checkpoint (no 'state_dict'); export a run's "
-                          f"checkpoints/last.ckpt or best-*.ckpt")
+    checkpoint = read_lightning_checkpoint(path, "checkpoint", ExportError,
+                                           "; export a run's checkpoints/last.ckpt or best-*.ckpt")
     config = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(config, dict) or config.get("task") not in TASKS:
         raise ExportError(f"{path} holds no Visage config with a known task (hyper_parameters.config.task "

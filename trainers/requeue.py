@@ -31,9 +31,9 @@ import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from modules.distributed import any_rank
 from trainers import stop_signals
 from trainers.dashboard import finish_dashboard_run
 from trainers.launched_ranks import TERMINATED_EXIT
@@ -89,12 +89,8 @@ class StopAtStepBoundary(pl.Callback):
 
     def _agreed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[bool, bool]:
         """(requeue, terminate) as any rank has seen them: one small all-reduce, the same on all."""
-        flags = [float(REQUESTS.requeue and self.requeue_active), float(REQUESTS.terminate)]
-        if trainer.world_size == 1:
-            return bool(flags[0]), bool(flags[1])
-        agreed = trainer.strategy.reduce(torch.tensor(flags, device=pl_module.device), reduce_op="max")
-        requeue, terminate = agreed.tolist()
-        return bool(requeue), bool(terminate)
+        requeue, terminate = any_rank([REQUESTS.requeue and self.requeue_active, REQUESTS.terminate], pl_module.device)
+        return requeue, terminate
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
