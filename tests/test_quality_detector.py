@@ -1,5 +1,5 @@
 """Quality gate: the MTCNN cascade trained by one command (`visage fit configs/detector/mtcnn.yaml`
-with a CI budget, 2 CPU processes, about 8 minutes on 2 cores) finds the faces of held-out synthetic
+with a CI budget, 2 CPU processes, 8.5-9.5 minutes on 2 cores) finds the faces of held-out synthetic
 scenes by the WIDER protocol with the detector issue's bars (AP easy >= 0.90, medium >= 0.85, hard
 >= 0.60) and beats OpenCV's Haar cascade on each setting, while the same cascade untrained finds next
 to nothing. Measured figures: README, the detector."""
