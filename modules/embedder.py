@@ -19,6 +19,7 @@ from modules.guards import stop_if_not_finite
 from modules.losses.triplet import TripletLoss
 from modules.nets.backbones import build_backbone
 from modules.optim import configure_optimizers
+from modules.step_logging import loggers_write_this_step
 
 
 class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
@@ -54,7 +55,7 @@ class TripletEmbedder(EmbeddingEvaluationHooks, pl.LightningModule):
         loss = self.loss_fn(embeddings, labels)
         stop_if_not_finite(self, loss)
         self.log("train/loss", loss, prog_bar=True)
-        if batch_idx % self.trainer.log_every_n_steps == 0:  # mining statistics cost a few ms a call
+        if loggers_write_this_step(self):  # mining statistics cost a few ms a call: only when written
             for name, value in self.loss_fn.last_stats.as_dict().items():
                 self.log(f"train/{name}", float(value))
         return loss * scale

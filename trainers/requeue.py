@@ -87,9 +87,10 @@ class StopAtStepBoundary(pl.Callback):
         root = Path(trainer.default_root_dir).resolve()
         return next_hpc_checkpoint(root) if self.requeue_active else root / "checkpoints" / "last.ckpt"
 
-    def _agreed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[bool, bool]:
+    def _agreed(self, pl_module: pl.LightningModule) -> tuple[bool, bool]:
         """(requeue, terminate) as any rank has seen them: one small all-reduce, the same on all."""
-        requeue, terminate = any_rank([REQUESTS.requeue and self.requeue_active, REQUESTS.terminate], pl_module.device)
+        requeue, terminate = any_rank([REQUESTS.requeue and self.requeue_active, REQUESTS.terminate],
+                                      pl_module.device)
         return requeue, terminate
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
@@ -100,7 +101,7 @@ class StopAtStepBoundary(pl.Callback):
         # (every rank accumulates alike, so all skip the same batches)
         if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
             return
-        requeue, terminate = self._agreed(trainer, pl_module)
+        requeue, terminate = self._agreed(pl_module)
         if not (requeue or terminate):
             return
         self.stop = "terminate" if terminate else "requeue"  # a job that is ending is not requeued
@@ -125,7 +126,7 @@ class StopAtStepBoundary(pl.Callback):
         resume only validates); the requeue signal is dropped (the run simply completes)."""
         if not self.active:
             return
-        _, terminate = self._agreed(trainer, pl_module)
+        _, terminate = self._agreed(pl_module)
         if terminate and self.saved is None:
             path = trainer.strategy.broadcast(str(self._checkpoint_path(trainer)))
             trainer.save_checkpoint(path)
